@@ -1,0 +1,2 @@
+"""tsphot: time-series differential photometry."""
+__version__ = "0.1.0"

@@ -1,0 +1,326 @@
+"""Ingest: find exposures, read and normalise their headers, read their pixels."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from tsphot.errors import InputError
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz")
+
+# Header keyword synonyms, in order of preference. A profile may override any of them.
+DEFAULT_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "exptime": ("EXPTIME", "EXPOSURE", "EXP_TIME", "ITIME"),
+    "date_obs": ("DATE-OBS", "DATE_OBS", "UT-OBS"),
+    "time_obs": ("TIME-OBS", "UT", "UTSTART", "UT-START"),
+    "gain": ("GAIN", "EGAIN", "CCDGAIN"),
+    "read_noise": ("RDNOISE", "READNOIS", "RON", "READNOISE"),
+    "filter": ("FILTER", "FILTER1", "FILTNAME"),
+    "imagetyp": ("IMAGETYP", "FRAMETYP", "FRAME", "OBSTYPE"),
+    "object": ("OBJECT",),
+    "site_lat": ("SITELAT", "LAT-OBS", "OBSLAT", "LATITUDE"),
+    "site_lon": ("SITELONG", "LONG-OBS", "OBSLONG", "LONGITUD", "LONGITUDE"),
+    "site_elev": ("SITEELEV", "ALT-OBS", "OBSALT", "OBSGEO-H", "ELEVATIO"),
+    "ra": ("RA", "OBJCTRA", "RA_OBJ", "TELRA"),
+    "dec": ("DEC", "OBJCTDEC", "DEC_OBJ", "TELDEC"),
+    "airmass": ("AIRMASS", "SECZ"),
+    "saturation": ("SATURATE", "DATAMAX", "SATLEVEL"),
+    "pedestal": ("PEDESTAL",),
+    "xbin": ("XBINNING", "CCDXBIN", "BINX"),
+    "ybin": ("YBINNING", "CCDYBIN", "BINY"),
+    "ccd_temp": ("CCD-TEMP", "CCDTEMP", "CAMTEMP"),
+    "aperture_diameter": ("APTDIA",),
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """An instrument profile: how one camera software writes its headers."""
+
+    name: str
+    keywords: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    lon_west_positive: bool = False
+    time_is: str = "start"
+    default_gain: float | None = None
+    default_read_noise: float | None = None
+    default_saturation: float | None = None
+
+    def keys(self, what: str) -> tuple[str, ...]:
+        """Header keywords holding one quantity, this profile's first."""
+        return self.keywords.get(what, ()) + DEFAULT_KEYWORDS.get(what, ())
+
+
+PROFILES: dict[str, Profile] = {
+    "generic": Profile("generic"),
+    # TheSkyX / SBIG writes SITELONG positive west and EGAIN (see the Wallace data README).
+    "theskyx": Profile("theskyx", lon_west_positive=True),
+    # MicroObservatory: DATE-OBS is local time with offset, LONGITUD unsigned west, no gain.
+    "microobservatory": Profile(
+        "microobservatory",
+        keywords={"date_obs": ("DATE-OBS",)},
+        lon_west_positive=True,
+        default_saturation=4095.0,
+    ),
+}
+
+
+def detect_profile(header: fits.Header) -> Profile:
+    """Choose the instrument profile that matches a header."""
+    creator = str(header.get("CREATOR", "")) + str(header.get("SWCREATE", ""))
+    if "MicroObservatory" in creator:
+        return PROFILES["microobservatory"]
+    if "TheSkyX" in creator or "TheSky" in str(header.get("SWCREATE", "")):
+        return PROFILES["theskyx"]
+    return PROFILES["generic"]
+
+
+@dataclass
+class FrameInfo:
+    """Everything known about one exposure from its header, before its pixels are read."""
+
+    path: str
+    index: int = -1
+    status: str = "ok"
+    reason: str = ""
+    shape: tuple[int, int] = (0, 0)
+    exptime: float = float("nan")
+    date_obs: str = ""
+    jd_utc_mid: float = float("nan")
+    gain: float | None = None
+    read_noise: float | None = None
+    saturation: float | None = None
+    pedestal: float = 0.0
+    filter: str = ""
+    imagetyp: str = ""
+    object: str = ""
+    site: tuple[float, float, float] | None = None
+    ra_dec: tuple[float, float] | None = None
+    airmass: float | None = None
+    binning: tuple[int, int] = (1, 1)
+    has_wcs: bool = False
+    profile: str = "generic"
+    assumed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form for run.json."""
+        return asdict(self)
+
+
+def expand_inputs(items: list[str]) -> list[str]:
+    """Expand files, folders and globs into a sorted list of unique paths."""
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                str(f) for f in p.iterdir() if f.name.lower().endswith(FITS_SUFFIXES) and f.is_file()
+            )
+            if not found:
+                raise InputError(f"{item}: folder holds no FITS files (*.fits, *.fit, *.fits.gz)")
+            out.extend(found)
+        elif any(c in item for c in "*?["):
+            found = sorted(glob.glob(item))
+            if not found:
+                raise InputError(f"{item}: pattern matches no file")
+            out.extend(found)
+        else:
+            out.append(item)  # a missing file is reported per frame, not fatal here
+    seen: set[str] = set()
+    unique = []
+    for f in out:
+        key = os.path.realpath(f)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def _first(header: fits.Header, keys: tuple[str, ...]) -> tuple[str | None, Any]:
+    for k in keys:
+        if k in header and header[k] not in (None, ""):
+            return k, header[k]
+    return None, None
+
+
+def _angle(value: Any, hours: bool = False) -> float:
+    from astropy.coordinates import Angle
+
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    unit = "hourangle" if hours else "deg"
+    return float(Angle(text.replace(" ", ":"), unit=unit).deg)
+
+
+def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo:
+    """Read and normalise one exposure's header; problems become status and reason, not exceptions."""
+    from tsphot import timing
+
+    overrides = overrides or {}
+    info = FrameInfo(path=path)
+    if not os.path.exists(path):
+        info.status, info.reason = "missing", f"{path}: file not found"
+        return info
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
+            if hdu is None:
+                info.status, info.reason = "bad_file", f"{path}: no 2-D image in any HDU"
+                return info
+            header = hdu.header
+            info.shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+    except (OSError, ValueError, TypeError) as exc:
+        info.status = "bad_file"
+        info.reason = f"{path}: not a readable FITS file ({exc}); check the file or remove it"
+        return info
+    profile = detect_profile(header)
+    info.profile = profile.name
+
+    k, v = _first(header, profile.keys("exptime"))
+    if v is None:
+        info.status, info.reason = "bad_header", f"{path}: no exposure time (EXPTIME/EXPOSURE)"
+        return info
+    try:
+        info.exptime = float(v)
+    except (TypeError, ValueError):
+        info.status, info.reason = "bad_header", f"{path}: {k} = {v!r} is not a number of seconds"
+        return info
+
+    k, date = _first(header, profile.keys("date_obs"))
+    if date is None:
+        info.status, info.reason = "bad_header", f"{path}: no DATE-OBS keyword"
+        return info
+    info.date_obs = str(date)
+    if "T" not in info.date_obs:
+        _, tod = _first(header, profile.keys("time_obs"))
+        if tod is not None:
+            info.date_obs = f"{info.date_obs}T{tod}"
+    time_is = overrides.get("time_is") or profile.time_is
+    try:
+        info.jd_utc_mid = float(timing.mid_exposure_jd_utc(info.date_obs, info.exptime, time_is=time_is))
+    except (ValueError, TypeError) as exc:
+        info.status = "bad_header"
+        info.reason = f"{path}: {k} = {date!r} is not a date and time ({exc})"
+        return info
+
+    for attr in ("gain", "read_noise", "saturation"):
+        if overrides.get(attr) is not None:
+            setattr(info, attr, float(overrides[attr]))
+            continue
+        _, v = _first(header, profile.keys(attr))
+        if v is not None:
+            try:
+                setattr(info, attr, float(v))
+            except (TypeError, ValueError):
+                pass
+        if getattr(info, attr) is None:
+            default = getattr(profile, f"default_{attr}")
+            if default is not None:
+                setattr(info, attr, default)
+                info.assumed.append(f"{attr}={default} (profile {profile.name})")
+    if info.saturation is None:
+        bitpix = header.get("BITPIX", 16)
+        info.saturation = 65535.0 if bitpix in (16, -32, 32) else float(2 ** abs(bitpix) - 1)
+        info.assumed.append(f"saturation={info.saturation} ADU (BITPIX)")
+    _, ped = _first(header, profile.keys("pedestal"))
+    info.pedestal = float(ped) if ped is not None else 0.0
+    info.filter = str(_first(header, profile.keys("filter"))[1] or "")
+    info.imagetyp = str(_first(header, profile.keys("imagetyp"))[1] or "")
+    info.object = str(_first(header, profile.keys("object"))[1] or "")
+    _, xb = _first(header, profile.keys("xbin"))
+    _, yb = _first(header, profile.keys("ybin"))
+    info.binning = (int(xb or 1), int(yb or 1))
+
+    try:
+        _, lat = _first(header, profile.keys("site_lat"))
+        _, lon = _first(header, profile.keys("site_lon"))
+        _, elev = _first(header, profile.keys("site_elev"))
+        if lat is not None and lon is not None:
+            lon_deg = _angle(lon)
+            if profile.lon_west_positive:
+                lon_deg = -lon_deg
+            info.site = (_angle(lat), lon_deg, float(elev) if elev is not None else 0.0)
+    except (ValueError, TypeError):
+        info.assumed.append("site keywords unreadable; ignored")
+    try:
+        kra, ra = _first(header, profile.keys("ra"))
+        _, dec = _first(header, profile.keys("dec"))
+        if ra is not None and dec is not None:
+            hours = isinstance(ra, str) and (":" in ra or " " in ra.strip())
+            info.ra_dec = (_angle(ra, hours=hours) * (15.0 if hours else 1.0), _angle(dec))
+    except (ValueError, TypeError):
+        info.assumed.append("pointing RA/DEC keywords unreadable; ignored")
+    _, am = _first(header, profile.keys("airmass"))
+    try:
+        info.airmass = float(am) if am is not None else None
+    except (TypeError, ValueError):
+        info.airmass = None
+    info.has_wcs = "CTYPE1" in header and "CRVAL1" in header
+    return info
+
+
+def read_pixels(path: str, pedestal: float = 0.0) -> tuple[np.ndarray, fits.Header]:
+    """Read the first 2-D image of a FITS file as float32 ADU (BZERO applied, PEDESTAL added)."""
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
+            if hdu is None:
+                raise InputError(f"{path}: no 2-D image in any HDU")
+            data = np.asarray(hdu.data, dtype=np.float32)
+            header = hdu.header.copy()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable FITS file ({exc})") from None
+    if pedestal:
+        data += np.float32(pedestal)
+    return data, header
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ingest(paths: list[str], overrides: dict[str, Any] | None = None) -> list[FrameInfo]:
+    """Read every exposure's header; return them sorted by mid-exposure time, bad ones last."""
+    infos = [read_header(p, overrides) for p in paths]
+    good = [i for i in infos if i.status == "ok"]
+    bad = [i for i in infos if i.status != "ok"]
+    good.sort(key=lambda i: i.jd_utc_mid)
+    if good:
+        shape = max({i.shape for i in good}, key=lambda s: sum(1 for i in good if i.shape == s))
+        for i in good:
+            if i.shape != shape:
+                i.status = "bad_size"
+                i.reason = (
+                    f"{i.path}: image is {i.shape[1]}x{i.shape[0]} px but the night's frames are "
+                    f"{shape[1]}x{shape[0]}; remove it or reduce it separately"
+                )
+    seen: dict[float, str] = {}
+    for i in good:
+        if i.status == "ok" and i.jd_utc_mid in seen:
+            i.status = "duplicate"
+            i.reason = f"{i.path}: same start time as {seen[i.jd_utc_mid]}; duplicated exposure"
+        elif i.status == "ok":
+            seen[i.jd_utc_mid] = i.path
+    ordered = good + bad
+    for n, i in enumerate(ordered):
+        i.index = n
+    return ordered

@@ -1,0 +1,380 @@
+"""Pipeline: the only place that knows the order of the stages (plan → map → reduce → products)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tsphot import calibrate, detect, ingest, measure, register
+from tsphot.errors import FrameError, InputError, SettingsError, TsphotError
+from tsphot.executors import map_ordered
+from tsphot.ingest import FrameInfo
+from tsphot.settings import ObjectSpec, Settings
+
+log = logging.getLogger("tsphot")
+
+MAG_ZERO_POINT = 25.0  # instrumental: mag = -2.5 log10(e-/s) + 25
+
+
+@dataclass
+class PlanObject:
+    """One object to measure: its name, role and position on the reference frame."""
+
+    name: str
+    role: str  # target | comp | check
+    x: float
+    y: float
+    pinned: bool = False  # a user-given comparison star
+    catalog_mag: float | None = None
+
+
+@dataclass
+class Plan:
+    """Everything a worker needs to measure one frame; small and picklable."""
+
+    objects: list[PlanObject]
+    ref_path: str
+    ref_xy: np.ndarray  # bright reference stars for registration, brightest first
+    apertures: measure.Apertures
+    masters_file: str | None
+    gain: float
+    saturation: float
+    detect_sigma: float
+    centroid_box: int
+    max_shift: float
+    shape: tuple[int, int]
+
+
+@dataclass
+class FrameResult:
+    """What measuring one frame produced: numbers only, never pixels."""
+
+    index: int
+    path: str
+    status: str = "ok"
+    reason: str = ""
+    transform: register.Transform | None = None
+    fwhm: float = float("nan")
+    sky_level: float = float("nan")
+    n_sources: int = 0
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+_MASTERS_CACHE: dict[str, calibrate.Masters] = {}
+
+
+def _masters(path: str | None) -> calibrate.Masters:
+    """Load the masters once per worker process."""
+    if path is None:
+        return calibrate.Masters()
+    if path not in _MASTERS_CACHE:
+        with np.load(path) as z:
+            _MASTERS_CACHE[path] = calibrate.Masters(
+                bias=z["bias"] if "bias" in z else None,
+                dark_rate=z["dark_rate"] if "dark_rate" in z else None,
+                flat=z["flat"] if "flat" in z else None,
+            )
+    return _MASTERS_CACHE[path]
+
+
+def _empty_columns(n_obj: int, n_r: int) -> dict[str, np.ndarray]:
+    nan = np.full(n_obj, np.nan)
+    return {
+        "x": nan.copy(),
+        "y": nan.copy(),
+        "flux": np.full((n_obj, n_r), np.nan),
+        "flux_err": np.full((n_obj, n_r), np.nan),
+        "area": np.full((n_obj, n_r), np.nan),
+        "sky": nan.copy(),
+        "sky_std": nan.copy(),
+        "n_sky": np.zeros(n_obj, int),
+        "peak": nan.copy(),
+        "saturated": np.zeros(n_obj, bool),
+        "edge": np.zeros(n_obj, bool),
+        "bad_pixel": np.zeros(n_obj, bool),
+        "recentred": np.zeros(n_obj, bool),
+        "obj_status": np.array(["not_measured"] * n_obj, dtype=object),
+    }
+
+
+def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
+    """Load, calibrate, register and measure one exposure; failures become status and reason."""
+    n_obj, n_r = len(plan.objects), len(plan.apertures.radii)
+    res = FrameResult(index=info.index, path=info.path, columns=_empty_columns(n_obj, n_r))
+    if info.status != "ok":
+        res.status, res.reason = info.status, info.reason
+        return res
+    try:
+        raw, _ = ingest.read_pixels(info.path, info.pedestal)
+        if raw.shape != plan.shape:
+            raise FrameError(f"{info.path}: frame size {raw.shape[::-1]} differs from {plan.shape[::-1]}")
+        finite = np.isfinite(raw)
+        if finite.sum() < 0.5 * raw.size:
+            raise FrameError(f"{info.path}: more than half the pixels are NaN or infinite")
+        if np.nanstd(raw) == 0:
+            raise FrameError(f"{info.path}: image is constant ({np.nanmax(raw)} ADU); empty frame")
+        data = calibrate.apply(raw, info.exptime, _masters(plan.masters_file))
+        src = detect.find_sources(
+            data, plan.detect_sigma, saturation=plan.saturation, max_sources=150
+        )
+        res.fwhm, res.sky_level, res.n_sources = src.fwhm, src.background, len(src)
+        frm_xy = np.column_stack([src.x, src.y])
+        try:
+            tr = register.match_stars(plan.ref_xy, frm_xy)
+        except FrameError as exc:
+            raise FrameError(f"{info.path}: {exc} — {len(src)} sources detected") from None
+        res.transform = tr
+        x, y = tr(np.array([o.x for o in plan.objects]), np.array([o.y for o in plan.objects]))
+        ny, nx = data.shape
+        r_out = plan.apertures.annulus[1]
+        inside = (x >= 0) & (x <= nx - 1) & (y >= 0) & (y <= ny - 1)
+        x, y, moved = measure.recentre(data, x, y, plan.centroid_box, plan.max_shift)
+        m = measure.measure_stars(
+            data, x, y, plan.apertures, plan.gain, raw=raw, saturation=plan.saturation
+        )
+        cols = res.columns
+        cols.update({k: m[k] for k in m})
+        cols["x"], cols["y"], cols["recentred"] = x, y, moved
+        st = np.array(["ok"] * n_obj, dtype=object)
+        near_edge = (x < r_out) | (x > nx - 1 - r_out) | (y < r_out) | (y > ny - 1 - r_out)
+        st[near_edge] = "near_edge"
+        st[~inside] = "off_frame"
+        st[(st == "ok") & m["saturated"]] = "saturated"
+        st[(st == "ok") & ~np.isfinite(m["flux"][:, 0])] = "no_flux"
+        cols["obj_status"] = st
+    except (FrameError, InputError) as exc:
+        res.status = "unregistered" if "register" in str(exc) else "bad_frame"
+        res.reason = str(exc)
+    except Exception as exc:  # one bad exposure never ends a run
+        res.status, res.reason = "failed", f"{info.path}: {type(exc).__name__}: {exc}"
+    return res
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _resolve_position(spec: ObjectSpec, header: Any, ref_path: str) -> tuple[float, float]:
+    """Pixel position on the reference frame of an object given by pixels or by sky position."""
+    if spec.x is not None and spec.y is not None:
+        return float(spec.x), float(spec.y)
+    from astropy.wcs import WCS
+
+    from tsphot import timing
+
+    try:
+        wcs = WCS(header)
+        if not wcs.has_celestial:
+            raise ValueError
+    except Exception:
+        raise SettingsError(
+            f"{spec.name}: given by RA/Dec, but the reference frame {ref_path} has no WCS; give its "
+            "pixel position as NAME=X,Y (0-based, on the first exposure)"
+        ) from None
+    coord = timing.parse_coord(spec.ra, spec.dec)
+    px, py = wcs.world_to_pixel(coord)
+    return float(px), float(py)
+
+
+def _choose_comps(
+    src: detect.Sources,
+    taken: list[tuple[float, float]],
+    shape: tuple[int, int],
+    r_out: float,
+    saturation: float,
+    max_comps: int,
+) -> list[tuple[float, float]]:
+    """Pick comparison stars: bright, unsaturated, isolated, away from the edges and the targets."""
+    ny, nx = shape
+    margin = r_out + 20
+    chosen: list[tuple[float, float]] = []
+    xy = np.column_stack([src.x, src.y])
+    for i in range(len(src)):
+        x, y = src.x[i], src.y[i]
+        if not (margin < x < nx - 1 - margin and margin < y < ny - 1 - margin):
+            continue
+        if src.peak[i] + src.background > 0.7 * saturation:
+            continue
+        d = np.hypot(xy[:, 0] - x, xy[:, 1] - y)
+        crowd = (d > 0) & (d < r_out) & (src.flux > 0.02 * src.flux[i])
+        if crowd.any():
+            continue
+        if any(np.hypot(x - tx, y - ty) < 2 * r_out for tx, ty in taken + chosen):
+            continue
+        chosen.append((float(x), float(y)))
+        if len(chosen) >= max_comps:
+            break
+    return chosen
+
+
+def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Plan, dict[str, Any]]:
+    """Choose the reference frame, build the masters, place every object and the apertures."""
+    ok = [f for f in frames if f.status == "ok"]
+    if not ok:
+        raise InputError("no usable exposure: " + "; ".join(f.reason for f in frames[:5]))
+    shape = ok[0].shape
+    notes: dict[str, Any] = {"assumed": []}
+    masters = calibrate.build_masters(settings.bias, settings.dark, settings.flat, shape)
+    masters_file = None
+    if not masters.empty:
+        masters_file = str(out / "masters.npz")
+        arrays = {k: v for k in ("bias", "dark_rate", "flat") if (v := getattr(masters, k)) is not None}
+        np.savez(masters_file, **arrays)
+        notes["calibration"] = masters.provenance
+    else:
+        notes["calibration"] = []
+        notes["assumed"].append("no calibration frames given: frames measured uncalibrated")
+
+    ref, ref_data, ref_header, src = None, None, None, None
+    for f in ok:
+        try:
+            raw, header = ingest.read_pixels(f.path, f.pedestal)
+        except InputError:
+            continue
+        data = calibrate.apply(raw, f.exptime, masters)
+        s = detect.find_sources(data, settings.detect_sigma, saturation=f.saturation)
+        if len(s) >= 5:
+            ref, ref_data, ref_header, src = f, data, header, s
+            break
+    if ref is None:
+        raise InputError("no exposure has 5 or more detectable stars to serve as the reference")
+    notes["reference_frame"] = ref.path
+    notes["reference_fwhm_px"] = src.fwhm
+
+    gain = settings.gain or ref.gain
+    if gain is None:
+        gain = 1.0
+        notes["assumed"].append(
+            "gain: no GAIN/EGAIN keyword and none given; assumed 1.0 e-/ADU — error bars scale "
+            "with sqrt(gain): pass --gain"
+        )
+    saturation = settings.saturation or ref.saturation or 65535.0
+    fwhm = src.fwhm if np.isfinite(src.fwhm) else 4.0
+    radius = settings.aperture or round(max(1.6 * fwhm, 2.0), 2)
+    radii = tuple(sorted({radius, *settings.radii}))
+    annulus = settings.annulus or (round(max(radii) + 2.0 * fwhm, 1), round(max(radii) + 5 * fwhm, 1))
+    if annulus[0] < max(radii):
+        raise SettingsError(
+            f"annulus inner radius {annulus[0]} px is inside the largest aperture {max(radii)} px"
+        )
+    aps = measure.Apertures(radii, annulus, settings.ellipticity, settings.position_angle)
+
+    ny, nx = shape
+    objects: list[PlanObject] = []
+    for role, specs in (("target", settings.targets), ("comp", settings.comps), ("check", settings.checks)):
+        for spec in specs:
+            x, y = _resolve_position(spec, ref_header, ref.path)
+            if not (0 <= x <= nx - 1 and 0 <= y <= ny - 1):
+                raise SettingsError(
+                    f"{role} {spec.name!r} at ({x:.1f}, {y:.1f}) px is outside the reference frame "
+                    f"{ref.path} ({nx}x{ny} px); positions are 0-based on the first exposure"
+                )
+            objects.append(PlanObject(spec.name, role, x, y, pinned=role == "comp", catalog_mag=spec.mag))
+    if not any(o.role == "target" for o in objects):
+        raise SettingsError("no target given: use --target NAME=X,Y or [[targets]] in the settings")
+    # Recentre user positions on the reference frame so a position a pixel or two off still works.
+    xs, ys, _ = measure.recentre(
+        ref_data, np.array([o.x for o in objects]), np.array([o.y for o in objects]),
+        settings.centroid_box, settings.max_shift,
+    )
+    for o, x, y in zip(objects, xs, ys, strict=True):
+        o.x, o.y = float(x), float(y)
+    if not settings.comps:
+        taken = [(o.x, o.y) for o in objects]
+        for k, (x, y) in enumerate(
+            _choose_comps(src, taken, shape, annulus[1], saturation, settings.max_comps)
+        ):
+            objects.append(PlanObject(f"C{k + 1}", "comp", x, y))
+        notes["comps_chosen"] = "automatically from the reference frame"
+    if sum(o.role == "comp" for o in objects) < 2:
+        raise SettingsError("fewer than 2 comparison stars: give them with --comp X,Y")
+
+    bright = (src.peak + src.background) < 0.9 * saturation
+    ref_xy = np.column_stack([src.x[bright], src.y[bright]])[:60]
+    plan = Plan(
+        objects=objects,
+        ref_path=ref.path,
+        ref_xy=ref_xy,
+        apertures=aps,
+        masters_file=masters_file,
+        gain=float(gain),
+        saturation=float(saturation),
+        detect_sigma=settings.detect_sigma,
+        centroid_box=settings.centroid_box,
+        max_shift=settings.max_shift,
+        shape=shape,
+    )
+    notes["reference_header"] = ref_header
+    return plan, notes
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(settings: Settings) -> dict[str, Any]:
+    """Reduce a night end to end and write every product into settings.out; return the summary."""
+    from tsphot import differential
+    from tsphot.products import export
+
+    t_start = time.time()
+    out = Path(settings.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise SettingsError(f"output folder {out}: cannot write there ({exc.strerror})") from None
+    if not settings.frames:
+        raise SettingsError("no exposures given: tsphot run FRAMES... (files, folders or globs)")
+    paths = ingest.expand_inputs(settings.frames)
+    overrides = {
+        "gain": settings.gain,
+        "read_noise": settings.read_noise,
+        "saturation": settings.saturation,
+        "time_is": settings.time_keyword_is,
+    }
+    frames = ingest.ingest(paths, overrides)
+    for f in frames:
+        if f.status != "ok":
+            log.warning("%s", f.reason)
+    plan, notes = plan_run(settings, frames, out)
+    results: list[FrameResult] = []
+    progress = _progress(len(frames), settings.quiet)
+    for r in map_ordered(
+        measure_frame, frames, plan, executor=settings.executor, workers=settings.workers
+    ):
+        results.append(r)
+        if r.status != "ok":
+            log.warning("frame %s: %s", Path(r.path).name, r.reason)
+        progress(r)
+    progress(None)
+    reduced = differential.reduce(settings, frames, plan, results, notes)
+    summary = export.write_products(settings, frames, plan, results, reduced, notes, out)
+    summary["elapsed_s"] = round(time.time() - t_start, 2)
+    return summary
+
+
+def _progress(total: int, quiet: bool):  # noqa: ANN202 - a small closure
+    import sys
+
+    if quiet or not sys.stderr.isatty():
+        return lambda r: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="frame", desc="measuring", leave=False)
+
+    def step(r: FrameResult | None) -> None:
+        if r is None:
+            bar.close()
+        else:
+            bar.update(1)
+
+    return step
+
+
+__all__ = ["FrameResult", "Plan", "PlanObject", "TsphotError", "measure_frame", "plan_run", "run"]

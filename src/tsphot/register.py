@@ -1,0 +1,186 @@
+"""Registration: the transform from the reference frame's pixels to each frame's, from star lists.
+
+Stars are matched by triangle invariants (ratios of side lengths, unchanged by shift, rotation,
+scale and flip). Every candidate is scored in a fixed order, so the same input always gives the same
+transform: no random sampling, unlike RANSAC-based aligners.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from tsphot.errors import FrameError
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Affine map of reference-frame pixels to a frame's pixels: p' = A p + t."""
+
+    a: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 1.0)  # A row-major
+    t: tuple[float, float] = (0.0, 0.0)
+    n_matched: int = 0
+    rms: float = 0.0  # px, residual of matched stars
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The 2×2 linear part."""
+        return np.array(self.a, dtype=float).reshape(2, 2)
+
+    @property
+    def rotation_deg(self) -> float:
+        """Rotation angle (deg) of the linear part."""
+        m = self.matrix
+        return float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
+
+    @property
+    def scale(self) -> float:
+        """Scale factor of the linear part."""
+        return float(np.sqrt(abs(np.linalg.det(self.matrix))))
+
+    @property
+    def flipped(self) -> bool:
+        """True when the map includes a mirror reflection."""
+        return bool(np.linalg.det(self.matrix) < 0)
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map reference positions to this frame's positions."""
+        m = self.matrix
+        x = np.asarray(x, float)
+        y = np.asarray(y, float)
+        return m[0, 0] * x + m[0, 1] * y + self.t[0], m[1, 0] * x + m[1, 1] * y + self.t[1]
+
+
+def similarity_fit(
+    src: np.ndarray, dst: np.ndarray, allow_reflection: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares similarity (Umeyama 1991) mapping src (N,2) onto dst (N,2): A, t."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    e = np.eye(2)
+    if not allow_reflection and np.linalg.det(u) * np.linalg.det(vt) < 0:
+        e[1, 1] = -1.0
+    rot = u @ e @ vt
+    var_s = (s**2).sum() / len(src)
+    scale = (sig * np.diag(e)).sum() / var_s if var_s > 0 else 1.0
+    a = scale * rot
+    return a, mu_d - a @ mu_s
+
+
+def _triangles(xy: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Triangles of each star with pairs of its k nearest neighbours: vertex indices and invariants."""
+    n = len(xy)
+    k = min(k, n - 1)
+    tree = cKDTree(xy)
+    _, nbr = tree.query(xy, k + 1)
+    tris = set()
+    for i in range(n):
+        for j, m in combinations(nbr[i, 1:], 2):
+            tris.add(tuple(sorted((i, int(j), int(m)))))
+    if not tris:
+        return np.empty((0, 3), int), np.empty((0, 2))
+    tri = np.array(sorted(tris), dtype=int)
+    p = xy[tri]  # (T, 3, 2)
+    # side opposite vertex v
+    sides = np.stack(
+        [
+            np.linalg.norm(p[:, 1] - p[:, 2], axis=1),
+            np.linalg.norm(p[:, 0] - p[:, 2], axis=1),
+            np.linalg.norm(p[:, 0] - p[:, 1], axis=1),
+        ],
+        axis=1,
+    )
+    order = np.argsort(sides, axis=1)  # vertices ordered by the length of their opposite side
+    tri = np.take_along_axis(tri, order, axis=1)
+    ss = np.take_along_axis(sides, order, axis=1)
+    ok = ss[:, 0] > 1.0
+    inv = np.stack([ss[:, 2] / np.maximum(ss[:, 1], 1e-9), ss[:, 1] / np.maximum(ss[:, 0], 1e-9)], 1)
+    return tri[ok], inv[ok]
+
+
+def match_stars(
+    ref_xy: np.ndarray,
+    frm_xy: np.ndarray,
+    *,
+    n_use: int = 40,
+    tol_px: float = 3.0,
+    allow_reflection: bool = True,
+    max_candidates: int = 3000,
+) -> Transform:
+    """Find the transform taking reference star positions to a frame's star positions."""
+    ref = np.asarray(ref_xy, float)[:n_use]
+    frm = np.asarray(frm_xy, float)[: max(n_use, 2 * n_use // 1)]
+    if len(ref) < 3 or len(frm) < 3:
+        raise FrameError(
+            f"cannot register: {len(frm)} stars found in the frame and {len(ref)} in the reference "
+            "(at least 3 each are needed; cloud or a blank frame?)"
+        )
+    tri_r, inv_r = _triangles(ref)
+    tri_f, inv_f = _triangles(frm)
+    if len(tri_r) == 0 or len(tri_f) == 0:
+        raise FrameError("cannot register: stars too few or too close to form triangles")
+    tree_inv = cKDTree(inv_f)
+    pairs = tree_inv.query_ball_point(inv_r, r=0.03)
+    cand = [(i, j) for i, js in enumerate(pairs) for j in sorted(js)]
+    if not cand:
+        raise FrameError("cannot register: no star pattern of the reference found in the frame")
+    # Best-fitting invariants first, so a good hypothesis is met early; the order is deterministic.
+    cand.sort(key=lambda ij: (float(np.sum((inv_r[ij[0]] - inv_f[ij[1]]) ** 2)), ij))
+    cand = cand[:max_candidates]
+    tree_f = cKDTree(frm)
+    best: tuple[int, float, np.ndarray, np.ndarray] | None = None
+    need = max(3, int(0.7 * min(len(ref), len(frm))))
+    for i, j in cand:
+        src, dst = ref[tri_r[i]], frm[tri_f[j]]
+        a, t = similarity_fit(src, dst, allow_reflection)
+        sc = np.sqrt(abs(np.linalg.det(a)))
+        if not 0.8 < sc < 1.25:
+            continue
+        mapped = ref @ a.T + t
+        dist, _ = tree_f.query(mapped, distance_upper_bound=tol_px)
+        inl = np.isfinite(dist)
+        score = int(inl.sum())
+        resid = float(np.mean(dist[inl])) if score else np.inf
+        if best is None or score > best[0] or (score == best[0] and resid < best[1]):
+            best = (score, resid, a, t)
+            if score >= need and score >= 6:
+                break
+    if best is None or best[0] < 3:
+        raise FrameError("cannot register: no transform matches 3 or more stars")
+    # Refine on every matched pair, twice (matches may grow once the fit improves).
+    a, t = best[2], best[3]
+    full_ref = np.asarray(ref_xy, float)[: 4 * n_use]
+    tree_all = cKDTree(np.asarray(frm_xy, float))
+    frm_all = np.asarray(frm_xy, float)
+    src = dst = ref
+    for _ in range(3):
+        mapped = full_ref @ a.T + t
+        dist, idx = tree_all.query(mapped, distance_upper_bound=tol_px)
+        ok = np.isfinite(dist)
+        if ok.sum() < 3:
+            break
+        src, dst = full_ref[ok], frm_all[idx[ok]]
+        a, t = (
+            _affine_fit(src, dst)
+            if ok.sum() >= 12
+            else similarity_fit(src, dst, np.linalg.det(a) < 0)
+        )
+    resid = np.linalg.norm(src @ a.T + t - dst, axis=1)
+    return Transform(
+        a=tuple(float(v) for v in a.ravel()),
+        t=(float(t[0]), float(t[1])),
+        n_matched=len(src),
+        rms=float(np.sqrt(np.mean(resid**2))),
+    )
+
+
+def _affine_fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares general affine transform (handles small differential scale and shear)."""
+    design = np.column_stack([src, np.ones(len(src))])
+    coef, *_ = np.linalg.lstsq(design, dst, rcond=None)
+    return coef[:2].T, coef[2]

@@ -1,0 +1,196 @@
+"""Settings: one source of truth for every option, from a TOML file and/or flags (flags win)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tsphot.errors import SettingsError
+
+_SEXA = re.compile(r"^[+-]?\d{1,3}[: ]\d{1,2}[: ]\d{1,2}(\.\d*)?$")
+
+
+class ObjectSpec(BaseModel):
+    """A target, comparison or check star: by pixel position on the first exposure and/or by sky position."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    x: float | None = Field(None, description="0-based column on the first exposure (px)")
+    y: float | None = Field(None, description="0-based row on the first exposure (px)")
+    ra: str | float | None = Field(None, description="RA as 'HH:MM:SS.s' or degrees")
+    dec: str | float | None = Field(None, description="Dec as '+DD:MM:SS' or degrees")
+    mag: float | None = Field(None, description="catalogue magnitude (comparison star only)")
+
+    @model_validator(mode="after")
+    def _has_position(self) -> ObjectSpec:
+        if (self.x is None) != (self.y is None):
+            raise ValueError(f"object {self.name!r}: give both x and y, or neither")
+        if (self.ra is None) != (self.dec is None):
+            raise ValueError(f"object {self.name!r}: give both ra and dec, or neither")
+        if self.x is None and self.ra is None:
+            raise ValueError(f"object {self.name!r}: give a pixel position (x, y) or a sky position")
+        return self
+
+
+class TransitSpec(BaseModel):
+    """Known planet parameters for the transit fit; t0, rp and a are fitted, the rest fixed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    t0: float = Field(..., description="predicted mid-transit time, BJD_TDB")
+    period: float = Field(..., description="orbital period (d)")
+    rp: float = Field(0.1, description="initial Rp/Rs")
+    a: float = Field(10.0, description="a/Rs (initial guess; fitted)")
+    inc: float = Field(90.0, description="inclination (deg), fixed")
+    ecc: float = 0.0
+    w: float = 90.0
+    u: list[float] = Field(default_factory=lambda: [0.4, 0.25], description="limb darkening")
+    limb_dark: str = "quadratic"
+
+
+class Settings(BaseModel):
+    """Every setting of a run, with its documented default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    frames: list[str] = Field(default_factory=list, description="science exposures: files, folders or globs")
+    out: str = Field("tsphot-output", description="output folder")
+    bias: list[str] = Field(default_factory=list, description="raw bias frames or one master")
+    dark: list[str] = Field(default_factory=list, description="raw dark frames or one master")
+    flat: list[str] = Field(default_factory=list, description="raw flat frames or one master")
+    targets: list[ObjectSpec] = Field(default_factory=list)
+    comps: list[ObjectSpec] = Field(default_factory=list, description="none: choose automatically")
+    checks: list[ObjectSpec] = Field(default_factory=list)
+    aperture: float | None = Field(None, description="aperture radius (px); none: from the FWHM")
+    radii: list[float] = Field(
+        default_factory=list,
+        description="extra aperture radii (px) measured in the same pass; the one with the lowest "
+        "target scatter is chosen and reported",
+    )
+    annulus: tuple[float, float] | None = Field(None, description="sky annulus radii (px)")
+    ellipticity: float = Field(0.0, ge=0.0, lt=1.0, description="1 - b/a of the aperture")
+    position_angle: float = Field(0.0, description="aperture major axis angle from +x (deg)")
+    site: tuple[float, float, float] | None = Field(
+        None, description="latitude (deg), east longitude (deg), elevation (m)"
+    )
+    aperture_diameter_m: float | None = Field(None, gt=0, description="telescope aperture (m)")
+    gain: float | None = Field(None, gt=0, description="e-/ADU; overrides the header")
+    read_noise: float | None = Field(None, ge=0, description="e-; overrides the header")
+    saturation: float | None = Field(None, gt=0, description="ADU; overrides the header")
+    max_comps: int = Field(40, ge=2, description="at most this many automatic comparison stars")
+    centroid_box: int = Field(11, ge=5, description="centroid search box (px)")
+    max_shift: float = Field(3.0, gt=0, description="largest centroid shift from prediction (px)")
+    detect_sigma: float = Field(5.0, gt=0, description="source detection threshold (sigma)")
+    time_keyword_is: Literal["start", "mid", "end"] = "start"
+    transit: TransitSpec | None = None
+    detrend: list[str] = Field(
+        default_factory=lambda: ["airmass"],
+        description="candidate detrending terms (airmass, sky, fwhm, x, y, time); BIC chooses",
+    )
+    executor: Literal["serial", "processes"] = "processes"
+    workers: int | None = Field(None, ge=1)
+    seed: int = 0
+    quiet: bool = False
+
+    @field_validator("annulus")
+    @classmethod
+    def _annulus_order(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] < v[1]:
+            raise ValueError("annulus needs 0 < inner < outer radius")
+        return v
+
+    @model_validator(mode="after")
+    def _aperture_inside_annulus(self) -> Settings:
+        if self.aperture is not None and self.annulus is not None and self.annulus[0] < self.aperture:
+            raise ValueError(
+                f"annulus inner radius {self.annulus[0]} px is inside the aperture "
+                f"({self.aperture} px): make it larger"
+            )
+        return self
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _check_keys(data: dict[str, Any], model: type[BaseModel], where: str) -> None:
+    valid = list(model.model_fields)
+    for key in data:
+        if key not in valid:
+            raise SettingsError(f"{where}: unknown setting {key!r}{_suggest(key, valid)}")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a settings TOML file; relative paths in it are taken from the file's folder."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: settings file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+    _check_keys(data, Settings, str(path))
+    for group in ("targets", "comps", "checks"):
+        for i, obj in enumerate(data.get(group, [])):
+            _check_keys(obj, ObjectSpec, f"{path} [{group}][{i}]")
+    if "transit" in data:
+        _check_keys(data["transit"], TransitSpec, f"{path} [transit]")
+    base = path.parent
+    for key in ("frames", "bias", "dark", "flat"):
+        if key in data:
+            data[key] = [str(base / p) if not Path(p).is_absolute() else p for p in data[key]]
+    if "out" in data and not Path(data["out"]).is_absolute():
+        data["out"] = str(base / data["out"])
+    return data
+
+
+def make_settings(toml: str | Path | None = None, **flags: Any) -> Settings:
+    """Build Settings from an optional TOML file and flags; flags that are not None win."""
+    data: dict[str, Any] = load_toml(toml) if toml else {}
+    for key, value in flags.items():
+        if value is None or value == [] or value == ():
+            continue
+        data[key] = value
+    _check_keys(data, Settings, "settings")
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"{loc}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(lines)) from None
+
+
+def parse_object(text: str, default_name: str) -> ObjectSpec:
+    """Parse 'NAME=X,Y', 'NAME=HH:MM:SS.s,+DD:MM:SS', 'NAME=X,Y@RA,DEC' or 'X,Y' into an ObjectSpec."""
+    name, _, rest = text.rpartition("=")
+    name = name.strip() or default_name
+    pix, _, sky = rest.partition("@")
+    parts = [p.strip() for p in pix.split(",")]
+    if len(parts) != 2:
+        raise SettingsError(f"object {text!r}: expected 'NAME=X,Y' or 'NAME=HH:MM:SS,+DD:MM:SS'")
+    spec: dict[str, Any] = {"name": name}
+    if _SEXA.match(parts[0]) or _SEXA.match(parts[1]):
+        spec["ra"], spec["dec"] = parts
+    else:
+        try:
+            spec["x"], spec["y"] = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise SettingsError(f"object {text!r}: {pix!r} is neither pixels nor sky") from None
+    if sky:
+        radec = [p.strip() for p in sky.split(",")]
+        if len(radec) != 2:
+            raise SettingsError(f"object {text!r}: sky position after '@' needs RA,DEC")
+        spec["ra"], spec["dec"] = radec
+    try:
+        return ObjectSpec(**spec)
+    except ValidationError as exc:
+        raise SettingsError(f"object {text!r}: {exc.errors()[0]['msg']}") from None
