@@ -57,7 +57,9 @@ def combine(frames: list[np.ndarray], method: str = "median", sigma: float = 3.0
     for y0 in range(0, ny, _ROWS_PER_CHUNK):
         block = np.stack([f[y0 : y0 + _ROWS_PER_CHUNK] for f in frames]).astype(np.float64)
         if len(frames) >= 3:
-            clipped = sigma_clip(block, sigma=sigma, axis=0, maxiters=3, masked=True)
+            clipped = sigma_clip(
+                block, sigma=sigma, axis=0, maxiters=3, masked=True, stdfunc="mad_std"
+            )
             agg = np.ma.median(clipped, axis=0) if method == "median" else clipped.mean(axis=0)
             out[y0 : y0 + _ROWS_PER_CHUNK] = np.ma.filled(agg, np.nan)
         else:

@@ -1,0 +1,286 @@
+"""Differential photometry: the reduce step from measured fluxes to calibrated light curves."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tsphot import ensemble, noise, timing
+from tsphot.ingest import FrameInfo
+from tsphot.settings import Settings
+
+log = logging.getLogger("tsphot")
+
+MAG_ZERO_POINT = 25.0  # instrumental magnitude: -2.5 log10(e-/s) + 25
+# Telescope apertures of profiles whose headers do not say it (m).
+PROFILE_APERTURE_M = {"microobservatory": 0.152}
+
+
+@dataclass
+class Curve:
+    """A differential light curve of one object, per frame."""
+
+    name: str
+    role: str
+    diff_mag: np.ndarray
+    diff_mag_err: np.ndarray
+    rel_flux: np.ndarray
+    rel_flux_err: np.ndarray
+    valid: np.ndarray
+    bjd_tdb: np.ndarray
+    rms: float = float("nan")  # of rel_flux over valid points
+    median_err: float = float("nan")
+    fit: Any = None  # fit.FitResult when a transit or detrending fit was made
+
+
+@dataclass
+class Reduced:
+    """Everything the reduce step produced."""
+
+    radius_index: int
+    radius: float
+    scatter_by_radius: dict[float, float]
+    jd_utc: np.ndarray
+    airmass: np.ndarray
+    airmass_source: str
+    exptime: np.ndarray
+    frame_ok: np.ndarray
+    flux: np.ndarray  # [frame, obj] e- at the chosen radius
+    flux_err: np.ndarray  # CCD equation only
+    mag: np.ndarray
+    mag_err: np.ndarray  # CCD ⊕ scintillation
+    valid: np.ndarray  # [frame, obj]
+    scint: np.ndarray  # fractional scintillation sigma per frame
+    ensemble: ensemble.EnsembleResult
+    comp_index: np.ndarray  # object indices of the comparison candidates
+    curves: dict[str, Curve] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _stack(results: list, key: str, n_obj: int, n_r: int | None = None) -> np.ndarray:
+    shape = (len(results), n_obj) if n_r is None else (len(results), n_obj, n_r)
+    out = np.full(shape, np.nan)
+    for i, r in enumerate(results):
+        out[i] = r.columns[key]
+    return out
+
+
+def _site_and_coords(settings: Settings, frames: list[FrameInfo], plan: Any, notes: dict) -> tuple:
+    """Site (EarthLocation) and per-object sky coordinates, from settings, WCS or headers."""
+    from astropy.wcs import WCS
+
+    ok = [f for f in frames if f.status == "ok"]
+    site = None
+    if settings.site is not None:
+        site = timing.parse_site(*settings.site)
+        notes["site_source"] = "settings"
+    elif ok and ok[0].site is not None:
+        site = timing.parse_site(*ok[0].site)
+        notes["site_source"] = f"header ({ok[0].profile} profile)"
+    else:
+        notes["site_source"] = "none: no site in the headers and none given (--site LAT,LON,ELEV)"
+    coords: dict[str, Any] = {}
+    header = notes.get("reference_header")
+    wcs = None
+    if header is not None:
+        try:
+            w = WCS(header)
+            wcs = w if w.has_celestial else None
+        except Exception:
+            wcs = None
+    specs = {s.name: s for s in [*settings.targets, *settings.comps, *settings.checks]}
+    pointing = ok[0].ra_dec if ok else None
+    sources = {}
+    for o in plan.objects:
+        spec = specs.get(o.name)
+        if spec is not None and spec.ra is not None:
+            coords[o.name] = timing.parse_coord(spec.ra, spec.dec)
+            sources[o.name] = "given"
+        elif wcs is not None:
+            coords[o.name] = wcs.pixel_to_world(o.x, o.y)
+            sources[o.name] = "reference-frame WCS"
+        elif pointing is not None:
+            coords[o.name] = timing.parse_coord(pointing[0], pointing[1])
+            sources[o.name] = "header pointing (RA/DEC), not the object itself"
+    notes["coord_source"] = {k: v for k, v in sources.items() if k in {o.name for o in plan.objects if o.role != "comp"}}
+    return site, coords
+
+
+def _robust_p2p(x: np.ndarray) -> float:
+    """Point-to-point scatter (robust), insensitive to slow trends and transits."""
+    x = x[np.isfinite(x)]
+    if len(x) < 5:
+        return np.inf
+    d = np.diff(x)
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
+
+
+def reduce(
+    settings: Settings,
+    frames: list[FrameInfo],
+    plan: Any,
+    results: list,
+    notes: dict[str, Any],
+) -> Reduced:
+    """Turn per-frame measurements into ensemble-corrected differential light curves."""
+    objs = plan.objects
+    n_obj, n_r = len(objs), len(plan.apertures.radii)
+    n_f = len(results)
+    frame_ok = np.array([r.status == "ok" for r in results])
+    jd = np.array([f.jd_utc_mid for f in frames])
+    exptime = np.array([f.exptime for f in frames])
+    flux_all = _stack(results, "flux", n_obj, n_r)
+    err_all = _stack(results, "flux_err", n_obj, n_r)
+    status = np.array([r.columns["obj_status"] for r in results], dtype=object).reshape(n_f, n_obj)
+    base_valid = frame_ok[:, None] & (status == "ok")
+
+    site, coords = _site_and_coords(settings, frames, plan, notes)
+    target0 = next(o for o in objs if o.role == "target")
+    airmass = np.array([f.airmass if f.airmass is not None else np.nan for f in frames], float)
+    airmass_source = "header AIRMASS"
+    if site is not None and target0.name in coords and np.isfinite(jd).any():
+        am = np.full(n_f, np.nan)
+        fin = np.isfinite(jd)
+        am[fin] = timing.airmass(jd[fin], coords[target0.name], site)
+        airmass, airmass_source = am, "computed from site, time and target position"
+    notes["airmass_source"] = airmass_source
+
+    diameter = settings.aperture_diameter_m
+    if diameter is None:
+        prof = next((f.profile for f in frames if f.status == "ok"), "generic")
+        diameter = PROFILE_APERTURE_M.get(prof)
+        if diameter is not None:
+            notes["assumed"].append(f"telescope aperture {diameter} m ({prof} profile)")
+    altitude = float(site.height.to_value("m")) if site is not None else 0.0
+    if diameter is not None and np.isfinite(airmass).any():
+        am_fill = np.where(np.isfinite(airmass), airmass, np.nanmedian(airmass))
+        scint = np.asarray(noise.scintillation_sigma(diameter, am_fill, exptime, altitude), float)
+        notes["scintillation"] = (
+            f"Young (1967) × 1.5 (Osborn et al. 2015), D = {diameter} m, h = {altitude:.0f} m"
+        )
+    else:
+        scint = np.zeros(n_f)
+        notes["scintillation"] = "not included: telescope aperture or airmass unknown (--aperture-diameter)"
+
+    comp_idx = np.array([i for i, o in enumerate(objs) if o.role == "comp"])
+    names = [objs[i].name for i in comp_idx]
+    pinned_in = [o.name for o in objs if o.role == "comp" and o.pinned]
+    targets = [i for i, o in enumerate(objs) if o.role == "target"]
+
+    def solve(k: int) -> tuple:
+        flux, ferr = flux_all[:, :, k], err_all[:, :, k]
+        valid = base_valid & np.isfinite(flux) & (flux > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mag = -2.5 * np.log10(flux / exptime[:, None]) + MAG_ZERO_POINT
+            mag_err = 1.0857362 * np.hypot(ferr / flux, scint[:, None])
+        ens = ensemble.everett_howell(
+            mag[:, comp_idx], mag_err[:, comp_idx], valid[:, comp_idx], names, pinned_in=pinned_in
+        )
+        return flux, ferr, mag, mag_err, valid, ens
+
+    scatter: dict[float, float] = {}
+    solved = {}
+    for k, r in enumerate(plan.apertures.radii):
+        solved[k] = solve(k)
+        _, _, mag, mag_err, valid, ens = solved[k]
+        vals = []
+        for t in targets:
+            dm, _ = ensemble.differential(mag[:, t], mag_err[:, t], ens)
+            vals.append(_robust_p2p(np.where(valid[:, t], dm, np.nan)))
+        scatter[float(r)] = float(np.median(vals))
+    best = min(scatter, key=lambda r: scatter[r])
+    k = plan.apertures.radii.index(best)
+    flux, ferr, mag, mag_err, valid, ens = solved[k]
+
+    red = Reduced(
+        radius_index=k,
+        radius=best,
+        scatter_by_radius=scatter,
+        jd_utc=jd,
+        airmass=airmass,
+        airmass_source=airmass_source,
+        exptime=exptime,
+        frame_ok=frame_ok,
+        flux=flux,
+        flux_err=ferr,
+        mag=mag,
+        mag_err=mag_err,
+        valid=valid,
+        scint=scint,
+        ensemble=ens,
+        comp_index=comp_idx,
+        notes=notes,
+    )
+    for i, o in enumerate(objs):
+        if o.role == "comp":
+            continue
+        dm, de = ensemble.differential(mag[:, i], mag_err[:, i], ens)
+        v = valid[:, i] & np.isfinite(dm) & np.isfinite(de)
+        ref = np.median(dm[v]) if v.any() else 0.0
+        rel = 10 ** (-0.4 * (dm - ref))
+        rel_err = rel * de / 1.0857362
+        bjd = np.full(n_f, np.nan)
+        if site is not None and o.name in coords:
+            fin = np.isfinite(jd)
+            bjd[fin] = timing.bjd_tdb(jd[fin], coords[o.name], site)
+        c = Curve(o.name, o.role, dm, de, rel, rel_err, v, bjd)
+        if v.sum() > 2:
+            c.rms = float(np.std(rel[v]))
+            c.median_err = float(np.median(rel_err[v]))
+        red.curves[o.name] = c
+    if settings.transit is not None:
+        _fit_transits(settings, red, results, objs)
+    return red
+
+
+def _regressors(red: Reduced, results: list, i: int, terms: list[str]) -> dict[str, np.ndarray]:
+    regs: dict[str, np.ndarray] = {}
+    for term in terms:
+        if term == "airmass":
+            regs[term] = red.airmass
+        elif term == "sky":
+            regs[term] = np.array([r.columns["sky"][i] for r in results])
+        elif term == "fwhm":
+            regs[term] = np.array([r.fwhm for r in results])
+        elif term in ("x", "y"):
+            regs[term] = np.array([r.columns[term][i] for r in results])
+        elif term == "time":
+            regs[term] = red.jd_utc - np.nanmean(red.jd_utc)
+    return regs
+
+
+def _fit_transits(settings: Settings, red: Reduced, results: list, objs: list) -> None:
+    """Fit the transit model with detrending to each target's light curve."""
+    from tsphot import fit
+
+    tp = settings.transit
+    assert tp is not None
+    for i, o in enumerate(objs):
+        if o.role != "target":
+            continue
+        c = red.curves[o.name]
+        t = c.bjd_tdb if np.isfinite(c.bjd_tdb).any() else red.jd_utc
+        regs = _regressors(red, results, i, settings.detrend)
+        use = c.valid & np.isfinite(t)
+        for v in regs.values():
+            use &= np.isfinite(v)
+        if use.sum() < 10:
+            red.notes.setdefault("fit_skipped", {})[o.name] = f"only {int(use.sum())} valid points"
+            continue
+        params = fit.TransitParams(
+            t0=tp.t0, period=tp.period, rp=tp.rp, a=tp.a, inc=tp.inc, ecc=tp.ecc, w=tp.w,
+            u=tuple(tp.u), limb_dark=tp.limb_dark,
+        )
+        try:
+            c.fit = fit.fit_transit(
+                t[use], c.rel_flux[use], c.rel_flux_err[use], params,
+                regressors={k: v[use] for k, v in regs.items()},
+                exptime_s=float(np.nanmedian(red.exptime)),
+            )
+            c.fit_mask = use
+        except Exception as exc:  # a failed fit must not lose the light curve
+            red.notes.setdefault("fit_failed", {})[o.name] = f"{type(exc).__name__}: {exc}"
+            log.warning("transit fit of %s failed: %s", o.name, exc)

@@ -1,0 +1,99 @@
+"""Measurement against analytic expectations."""
+
+import numpy as np
+import pytest
+
+from tsphot import measure
+
+
+def gaussian_star(shape, x0, y0, flux, sigma):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    g = np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma**2))
+    return flux * g / g.sum()
+
+
+def test_flat_image_flux_is_level_times_area():
+    """A flat image of level L gives L × exact aperture area in the aperture, and sky = L."""
+    data = np.full((101, 101), 7.0, dtype=np.float32)
+    ap = measure.Apertures((3.3, 5.0), (10.0, 15.0))
+    m = measure.measure_stars(data, np.array([50.2]), np.array([49.7]), ap, gain=1.0)
+    assert m["sky"][0] == pytest.approx(7.0)
+    # sky-subtracted: zero flux; raw sum = level × area exactly (exact overlap)
+    assert np.allclose(m["flux"], 0.0, atol=1e-6)
+    ap0 = measure.Apertures((3.3,), (10.0, 15.0))
+    data2 = data.copy()
+    data2[:, :] = 7.0
+    data2[np.abs(np.arange(101) - 70) < 100] += 0  # unchanged
+    m2 = measure.measure_stars(data2 + 0, np.array([50.2]), np.array([49.7]), ap0, gain=1.0)
+    assert m2["area"][0, 0] == pytest.approx(np.pi * 3.3**2)
+
+
+def test_exact_sum_of_flat_level_equals_area():
+    """With the sky forced to zero (an annulus on empty data) the sum is level × π r²."""
+    data = np.zeros((101, 101), dtype=np.float32)
+    data[30:71, 30:71] = 5.0  # the aperture lies inside the plateau, the annulus partly outside
+    ap = measure.Apertures((4.7,), (30.0, 40.0))
+    m = measure.measure_stars(data, np.array([50.0]), np.array([50.0]), ap, gain=2.0)
+    assert m["sky"][0] == pytest.approx(0.0)
+    assert m["flux"][0, 0] == pytest.approx(2.0 * 5.0 * np.pi * 4.7**2, rel=1e-6)
+
+
+def test_star_flux_and_error_match_ccd_equation():
+    """A noiseless Gaussian star on a flat sky: flux recovered; error equals the CCD equation."""
+    sky, flux, gain = 100.0, 50000.0, 2.0
+    data = (gaussian_star((121, 121), 60.3, 59.6, flux, 1.5) + sky).astype(np.float32)
+    ap = measure.Apertures((8.0,), (15.0, 25.0))
+    m = measure.measure_stars(data, np.array([60.3]), np.array([59.6]), ap, gain=gain)
+    assert m["flux"][0, 0] == pytest.approx(flux * gain, rel=1e-4)
+    # sky std is zero here, so the error is pure photon noise of the star (electrons)
+    assert m["flux_err"][0, 0] == pytest.approx(np.sqrt(flux * gain), rel=1e-4)
+
+
+def test_error_matches_scatter_of_noise_realisations():
+    """Reported flux error equals the scatter of fluxes measured on many noisy images (±8 %)."""
+    rng = np.random.default_rng(3)
+    gain, rn, sky_e, flux_e = 1.5, 8.0, 300.0, 20000.0
+    truth = gaussian_star((81, 81), 40.0, 40.0, flux_e, 1.8) + sky_e
+    ap = measure.Apertures((6.0,), (12.0, 20.0))
+    fluxes, errs = [], []
+    for _ in range(300):
+        e = rng.poisson(truth) + rng.normal(0, rn, truth.shape)
+        adu = (e / gain).astype(np.float32)
+        m = measure.measure_stars(adu, np.array([40.0]), np.array([40.0]), ap, gain=gain)
+        fluxes.append(m["flux"][0, 0])
+        errs.append(m["flux_err"][0, 0])
+    assert np.mean(fluxes) == pytest.approx(flux_e, rel=0.01)
+    assert np.std(fluxes) / np.median(errs) == pytest.approx(1.0, abs=0.08)
+
+
+def test_saturation_flag():
+    data = np.full((61, 61), 100.0, dtype=np.float32)
+    data[30, 30] = 65535.0
+    ap = measure.Apertures((5.0,), (10.0, 15.0))
+    m = measure.measure_stars(
+        data, np.array([30.0, 10.0]), np.array([30.0, 10.0]), ap, gain=1.0, saturation=65535.0
+    )
+    assert m["saturated"].tolist() == [True, False]
+    assert m["peak"][0] == 65535.0
+
+
+def test_recentre_finds_star_and_refuses_far_or_faint():
+    data = gaussian_star((81, 81), 42.3, 37.8, 1e5, 1.5).astype(np.float32) + 100
+    rng = np.random.default_rng(0)
+    data += rng.normal(0, 1.0, data.shape).astype(np.float32)
+    x, y, moved = measure.recentre(data, np.array([41.0, 60.0]), np.array([39.0, 60.0]), 11, 3.0)
+    assert moved.tolist() == [True, False]
+    assert x[0] == pytest.approx(42.3, abs=0.05)
+    assert y[0] == pytest.approx(37.8, abs=0.05)
+    assert (x[1], y[1]) == (60.0, 60.0)  # blank sky: prediction kept
+
+
+def test_elliptical_area():
+    assert measure.aperture_area(4.0, 0.5) == pytest.approx(np.pi * 16 * 0.5)
+    data = np.full((61, 61), 2.0, dtype=np.float32)
+    data[:, :] = 2.0
+    ap = measure.Apertures((6.0,), (40.0, 45.0), ellipticity=0.3, theta_deg=30.0)
+    img = np.zeros((61, 61), np.float32)
+    img[20:41, 20:41] = 2.0
+    m = measure.measure_stars(img, np.array([30.0]), np.array([30.0]), ap, gain=1.0)
+    assert m["flux"][0, 0] == pytest.approx(2.0 * np.pi * 36 * 0.7, rel=1e-6)
