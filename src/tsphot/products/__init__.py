@@ -1,0 +1,1 @@
+"""Products of a run: tables, exports, plots."""
