@@ -8,8 +8,8 @@ import numpy as np
 import sep
 
 # sep keeps a global pixel-stack limit; a crowded 4k frame needs more than the default.
-sep.set_extract_pixstack(2_000_000)
-sep.set_sub_object_limit(4096)
+sep.set_extract_pixstack(300_000)
+sep.set_sub_object_limit(1024)
 
 
 @dataclass
@@ -54,7 +54,9 @@ def find_sources(
     if not rms > 0:
         return Sources(*(np.empty(0) for _ in range(4)), np.nan, float(bkg.globalback), rms)
     try:
-        objs = sep.extract(sub, nsigma, err=rms, minarea=5, mask=mask, deblend_cont=0.005)
+        objs = sep.extract(
+            sub, nsigma, err=rms, minarea=5, mask=mask, deblend_cont=0.005, deblend_nthresh=8
+        )
     except Exception:  # sep raises on pathological frames (e.g. pure cloud); treat as none found
         objs = np.empty(0, dtype=[(n, "f8") for n in ("x", "y", "flux", "peak", "a", "b", "flag")])
     ny, nx = data.shape

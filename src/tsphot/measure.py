@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,28 @@ class Apertures:
     theta_deg: float = 0.0
 
 
+def row_nanmedian(v: np.ndarray) -> np.ndarray:
+    """Median of each row ignoring NaN (NaN for an empty row); much faster than np.nanmedian."""
+    fin = np.isfinite(v)
+    c = fin.sum(axis=1)
+    srt = np.sort(np.where(fin, v, np.inf), axis=1)
+    rows = np.arange(len(v))
+    lo = np.clip((c - 1) // 2, 0, v.shape[1] - 1)
+    hi = np.clip(c // 2, 0, v.shape[1] - 1)
+    med = 0.5 * (srt[rows, lo] + srt[rows, hi])
+    med[c == 0] = np.nan
+    return med
+
+
+def _cutouts(data: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.ndarray:
+    """Stack of (2 half + 1)² cutouts centred on integer pixels; NaN beyond the frame."""
+    padded = np.pad(data.astype(np.float64, copy=False), half + 1, constant_values=np.nan)
+    off = np.arange(-half, half + 1)
+    rows = (iy[:, None] + half + 1 + off[None, :])[:, :, None]
+    cols = (ix[:, None] + half + 1 + off[None, :])[:, None, :]
+    return padded[rows, cols]
+
+
 def recentre(
     data: np.ndarray,
     x: np.ndarray,
@@ -33,65 +56,79 @@ def recentre(
     min_snr: float = 20.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre of mass above the local background in a box; keeps the prediction when too faint or too far."""
-    x = np.asarray(x, float).copy()
-    y = np.asarray(y, float).copy()
-    moved = np.zeros(len(x), bool)
+    x0 = np.asarray(x, float)
+    y0 = np.asarray(y, float)
+    n = len(x0)
+    if n == 0:
+        return x0.copy(), y0.copy(), np.zeros(0, bool)
     half = box // 2
     ny, nx = data.shape
-    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
-    for i in range(len(x)):
-        x0, y0 = x[i], y[i]
-        xc, yc = x0, y0
-        for _ in range(3):
-            ix, iy = round(xc), round(yc)
-            if not (half <= ix < nx - half and half <= iy < ny - half):
-                break
-            cut = data[iy - half : iy + half + 1, ix - half : ix + half + 1]
-            edge = np.concatenate([cut[0], cut[-1], cut[1:-1, 0], cut[1:-1, -1]])
-            bg = np.median(edge)
-            noise = 1.4826 * np.median(np.abs(edge - bg)) + 1e-6
-            w = cut - bg
-            # Only pixels clearly above the noise vote, so sky noise cannot drag the centre.
-            w = np.where(w > 3 * noise, w, 0.0)
-            s = w.sum()
-            if s <= 0 or s / (noise * np.sqrt(max((w > 0).sum(), 1))) < min_snr:
-                break
-            xc = ix + (w * xx).sum() / s
-            yc = iy + (w * yy).sum() / s
-        else:
-            if np.hypot(xc - x0, yc - y0) <= max_shift:
-                x[i], y[i] = xc, yc
-                moved[i] = True
-    return x, y, moved
+    off = np.arange(-half, half + 1, dtype=float)
+    xc, yc = x0.copy(), y0.copy()
+    alive = np.isfinite(xc) & np.isfinite(yc)
+    for _ in range(3):
+        ix = np.clip(np.round(np.nan_to_num(xc)).astype(int), -1, nx)
+        iy = np.clip(np.round(np.nan_to_num(yc)).astype(int), -1, ny)
+        cut = _cutouts(data, ix, iy, half)
+        edge = np.concatenate(
+            [cut[:, 0, :], cut[:, -1, :], cut[:, 1:-1, 0], cut[:, 1:-1, -1]], axis=1
+        )
+        bg = np.median(edge, axis=1)
+        noise = 1.4826 * np.median(np.abs(edge - bg[:, None]), axis=1) + 1e-6
+        w = cut - bg[:, None, None]
+        # Only pixels clearly above the noise vote, so sky noise cannot drag the centre.
+        w = np.where(w > 3 * noise[:, None, None], w, 0.0)
+        s = w.sum(axis=(1, 2))
+        npix = np.maximum((w > 0).sum(axis=(1, 2)), 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok = alive & np.isfinite(s) & (s > 0) & (s / (noise * np.sqrt(npix)) >= min_snr)
+            dx = (w.sum(axis=1) * off).sum(axis=1) / s
+            dy = (w.sum(axis=2) * off).sum(axis=1) / s
+        alive &= ok
+        xc = np.where(alive, ix + dx, xc)
+        yc = np.where(alive, iy + dy, yc)
+    moved = alive & (np.hypot(xc - x0, yc - y0) <= max_shift)
+    return np.where(moved, xc, x0), np.where(moved, yc, y0), moved
 
 
-def _annulus_sky(
-    data: np.ndarray, x: float, y: float, r_in: float, r_out: float
-) -> tuple[float, float, int]:
-    """Sigma-clipped median sky (ADU/px), its noise per pixel and the number of pixels used."""
+def annulus_sky(
+    data: np.ndarray, x: np.ndarray, y: np.ndarray, r_in: float, r_out: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sigma-clipped median sky (ADU/px), its noise per pixel and the pixel count, per star."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    n = len(x)
+    if n == 0:
+        return np.empty(0), np.empty(0), np.zeros(0, int)
+    half = int(np.ceil(r_out)) + 1
     ny, nx = data.shape
-    x0, x1 = max(int(np.floor(x - r_out)), 0), min(int(np.ceil(x + r_out)) + 1, nx)
-    y0, y1 = max(int(np.floor(y - r_out)), 0), min(int(np.ceil(y + r_out)) + 1, ny)
-    if x1 <= x0 or y1 <= y0:
-        return np.nan, np.nan, 0
-    cut = data[y0:y1, x0:x1]
-    yy, xx = np.ogrid[y0:y1, x0:x1]
-    r2 = (xx - x) ** 2 + (yy - y) ** 2
-    vals = cut[(r2 >= r_in**2) & (r2 <= r_out**2)]
-    vals = vals[np.isfinite(vals)]
-    if vals.size < 10:
-        return np.nan, np.nan, int(vals.size)
-    keep = np.ones(vals.size, bool)
+    ix = np.clip(np.round(np.nan_to_num(x)).astype(int), -1, nx)
+    iy = np.clip(np.round(np.nan_to_num(y)).astype(int), -1, ny)
+    cut = _cutouts(data, ix, iy, half)
+    off = np.arange(-half, half + 1, dtype=float)
+    ddx = (ix - x)[:, None, None] + off[None, None, :]
+    ddy = (iy - y)[:, None, None] + off[None, :, None]
+    r2 = ddx**2 + ddy**2
+    vals = np.where((r2 >= r_in**2) & (r2 <= r_out**2), cut, np.nan).reshape(n, -1)
+    base = vals
+    keep = np.isfinite(base)
     for _ in range(5):
-        v = vals[keep]
-        med = np.median(v)
-        std = v.std()
-        new = np.abs(vals - med) <= 3.0 * std
-        if new.sum() == keep.sum():
+        v = np.where(keep, base, np.nan)
+        with np.errstate(invalid="ignore"):
+            med = row_nanmedian(v)
+            std = np.nanstd(v, axis=1)
+            new = np.isfinite(base) & (np.abs(base - med[:, None]) <= 3.0 * std[:, None])
+        if np.array_equal(new, keep):
             break
         keep = new
-    v = vals[keep]
-    return float(np.median(v)), float(v.std() / _CLIP3_STD_FACTOR), int(v.size)
+    v = np.where(keep, base, np.nan)
+    count = keep.sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        med = row_nanmedian(v)
+        std = np.nanstd(v, axis=1) / _CLIP3_STD_FACTOR
+    few = count < 10
+    med[few], std[few] = np.nan, np.nan
+    return med, std, count
 
 
 def aperture_area(radius: float, ellipticity: float = 0.0) -> float:
@@ -119,11 +156,7 @@ def measure_stars(
     mask = None if finite.all() else ~finite
     if mask is not None:
         img = np.where(finite, img, 0.0)
-    sky = np.full(n, np.nan)
-    sky_std = np.full(n, np.nan)
-    n_sky = np.zeros(n, int)
-    for i in range(n):
-        sky[i], sky_std[i], n_sky[i] = _annulus_sky(data, x[i], y[i], *ap.annulus)
+    sky, sky_std, n_sky = annulus_sky(data, x, y, *ap.annulus)
     flux = np.full((n, nr), np.nan)
     err = np.full((n, nr), np.nan)
     area = np.zeros((n, nr))
@@ -171,18 +204,20 @@ def measure_stars(
 
 def _peak(data: np.ndarray, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
     """Largest pixel value inside radius r of each position (NaN off the frame)."""
-    out = np.full(len(x), np.nan)
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    if len(x) == 0:
+        return np.empty(0)
+    half = int(np.ceil(r))
     ny, nx = data.shape
-    ri = int(np.ceil(r))
-    for i in range(len(x)):
-        ix, iy = round(x[i]), round(y[i])
-        x0, x1 = max(ix - ri, 0), min(ix + ri + 1, nx)
-        y0, y1 = max(iy - ri, 0), min(iy + ri + 1, ny)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        yy, xx = np.ogrid[y0:y1, x0:x1]
-        inside = (xx - x[i]) ** 2 + (yy - y[i]) ** 2 <= r * r
-        vals = data[y0:y1, x0:x1][inside]
-        if vals.size:
-            out[i] = float(np.nanmax(vals))
-    return out
+    ix = np.clip(np.round(np.nan_to_num(x)).astype(int), -1, nx)
+    iy = np.clip(np.round(np.nan_to_num(y)).astype(int), -1, ny)
+    cut = _cutouts(data, ix, iy, half)
+    off = np.arange(-half, half + 1, dtype=float)
+    r2 = ((ix - x)[:, None, None] + off[None, None, :]) ** 2 + (
+        (iy - y)[:, None, None] + off[None, :, None]
+    ) ** 2
+    vals = np.where(r2 <= r * r, cut, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: off the frame
+        return np.nanmax(vals.reshape(len(x), -1), axis=1)

@@ -18,7 +18,7 @@ from tsphot.settings import ObjectSpec, Settings
 
 log = logging.getLogger("tsphot")
 
-MAG_ZERO_POINT = 25.0  # instrumental: mag = -2.5 log10(e-/s) + 25
+REGISTER_SIGMA = 15.0  # detection threshold for per-frame registration stars
 
 
 @dataclass
@@ -119,9 +119,15 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         if np.nanstd(raw) == 0:
             raise FrameError(f"{info.path}: image is constant ({np.nanmax(raw)} ADU); empty frame")
         data = calibrate.apply(raw, info.exptime, _masters(plan.masters_file))
+        # Registration needs only the bright stars: a high threshold keeps detection cheap;
+        # thin or cloudy frames fall back to the user's threshold.
         src = detect.find_sources(
-            data, plan.detect_sigma, saturation=plan.saturation, max_sources=150
+            data, max(plan.detect_sigma, REGISTER_SIGMA), saturation=plan.saturation, max_sources=150
         )
+        if len(src) < 10:
+            src = detect.find_sources(
+                data, plan.detect_sigma, saturation=plan.saturation, max_sources=150
+            )
         res.fwhm, res.sky_level, res.n_sources = src.fwhm, src.background, len(src)
         frm_xy = np.column_stack([src.x, src.y])
         try:

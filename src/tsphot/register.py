@@ -126,12 +126,14 @@ def match_stars(
         raise FrameError("cannot register: stars too few or too close to form triangles")
     tree_inv = cKDTree(inv_f)
     pairs = tree_inv.query_ball_point(inv_r, r=0.03)
-    cand = [(i, j) for i, js in enumerate(pairs) for j in sorted(js)]
-    if not cand:
+    ci = np.array([i for i, js in enumerate(pairs) for _ in js], dtype=int)
+    cj = np.array([j for js in pairs for j in js], dtype=int)
+    if len(ci) == 0:
         raise FrameError("cannot register: no star pattern of the reference found in the frame")
     # Best-fitting invariants first, so a good hypothesis is met early; the order is deterministic.
-    cand.sort(key=lambda ij: (float(np.sum((inv_r[ij[0]] - inv_f[ij[1]]) ** 2)), ij))
-    cand = cand[:max_candidates]
+    d2 = np.sum((inv_r[ci] - inv_f[cj]) ** 2, axis=1)
+    order = np.lexsort((cj, ci, d2))[:max_candidates]
+    cand = list(zip(ci[order].tolist(), cj[order].tolist(), strict=True))
     tree_f = cKDTree(frm)
     best: tuple[int, float, np.ndarray, np.ndarray] | None = None
     need = max(3, int(0.7 * min(len(ref), len(frm))))
