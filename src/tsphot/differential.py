@@ -85,7 +85,7 @@ def _site_and_coords(settings: Settings, frames: list[FrameInfo], plan: Any, not
     coords: dict[str, Any] = {}
     header = notes.get("reference_header")
     wcs = None
-    if header is not None:
+    if header is not None and "CTYPE1" in header:
         try:
             w = WCS(header)
             wcs = w if w.has_celestial else None

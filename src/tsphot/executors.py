@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -18,6 +19,15 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _start_method() -> str:
+    """fork when the parent has one thread (fast, and no re-import of the user's script);
+    otherwise forkserver, since forking a threaded process can deadlock."""
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
 
 
 def map_ordered(
@@ -36,8 +46,7 @@ def map_ordered(
         return
     if executor != "processes":
         raise ValueError(f"unknown executor {executor!r} (serial or processes)")
-    # forkserver: workers start from a clean process, safe with threads in the parent.
-    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    ctx = mp.get_context(_start_method())
     chunk = max(1, min(8, len(items) // (4 * workers)))
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         yield from pool.map(fn, items, *[[a] * len(items) for a in args], chunksize=chunk)

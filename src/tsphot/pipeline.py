@@ -173,6 +173,8 @@ def _resolve_position(spec: ObjectSpec, header: Any, ref_path: str) -> tuple[flo
     from tsphot import timing
 
     try:
+        if "CTYPE1" not in header:
+            raise ValueError
         wcs = WCS(header)
         if not wcs.has_celestial:
             raise ValueError
@@ -260,8 +262,12 @@ def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Pl
         )
     saturation = settings.saturation or ref.saturation or 65535.0
     fwhm = src.fwhm if np.isfinite(src.fwhm) else 4.0
-    radius = settings.aperture or round(max(1.6 * fwhm, 2.0), 2)
-    radii = tuple(sorted({radius, *settings.radii}))
+    if settings.aperture is not None:
+        radii = tuple(sorted({settings.aperture, *settings.radii}))
+    elif settings.radii:
+        radii = tuple(sorted(set(settings.radii)))
+    else:
+        radii = (round(max(1.6 * fwhm, 2.0), 2),)
     annulus = settings.annulus or (round(max(radii) + 2.0 * fwhm, 1), round(max(radii) + 5 * fwhm, 1))
     if annulus[0] < max(radii):
         raise SettingsError(
@@ -372,6 +378,7 @@ def _progress(total: int, quiet: bool):  # noqa: ANN202 - a small closure
         return lambda r: None
     from tqdm import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread: the process pool may then fork safely
     bar = tqdm(total=total, unit="frame", desc="measuring", leave=False)
 
     def step(r: FrameResult | None) -> None:
