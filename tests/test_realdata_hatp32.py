@@ -1,0 +1,77 @@
+"""End to end on the real HAT-P-32 b night (MicroObservatory, 142 frames), against published results."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from tsphot import pipeline
+from tsphot.settings import ObjectSpec, TransitSpec, make_settings
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hatp32-microobservatory"
+pytestmark = [
+    pytest.mark.realdata,
+    pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not present at {DATA}"),
+]
+# Ephemeris from EXOTIC's inits.json for this sample set (see the data README):
+# predicted mid-transit this night 2458107.71129 BJD_TDB.
+PREDICTED_T0 = 2458107.71129
+PUBLISHED_SCATTER = 0.0054  # EXOTIC's residual scatter for these frames
+
+
+@pytest.fixture(scope="module")
+def hat_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hatp32")
+    settings = make_settings(
+        frames=[str(DATA)],
+        out=str(out),
+        targets=[ObjectSpec(name="HAT-P-32", x=423.2, y=286.0, ra="02:04:10.278", dec="+46:41:16.21")],
+        radii=[3.0, 3.5, 4.0, 4.5, 5.0],
+        annulus=(8.0, 14.0),
+        site=(31.675467, -110.951376, 1268.0),
+        transit=TransitSpec(t0=PREDICTED_T0, period=2.1500082, rp=0.1489, a=5.344, inc=88.98,
+                            u=[0.45, 0.25]),
+        detrend=["airmass"],
+        quiet=True,
+    )
+    summary = pipeline.run(settings)
+    return out, summary, json.loads((out / "run.json").read_text())
+
+
+def test_every_frame_reported(hat_run):
+    out, summary, record = hat_run
+    assert summary["frames"] == 142
+    res = Table.read(out / "results.ecsv")
+    assert len(set(res["file"])) == 142
+    assert set(res["status"]) <= {"ok", "saturated", "near_edge", "off_frame", "no_flux"}
+
+
+def test_transit_found_at_ephemeris_with_published_depth(hat_run):
+    _, _, record = hat_run
+    fit = record["objects"]["HAT-P-32"]["fit"]
+    dt_min = abs(fit["params"]["t0"] - PREDICTED_T0) * 1440
+    assert dt_min < 6.0, f"mid-time {dt_min:.1f} min from the ephemeris"
+    assert 0.019 <= fit["params"]["depth"] <= 0.029
+    # residual scatter per point no worse than EXOTIC's published 0.54 %
+    assert fit["residual_rms"] <= PUBLISHED_SCATTER
+
+
+def test_times_match_reference_bjd(hat_run):
+    out, _, _ = hat_run
+    lc = Table.read(out / "lightcurve_HAT-P-32.ecsv")
+    ref = {r["file"]: float(r["bjd_tdb_mid"]) for r in csv.DictReader(open(DATA / "reference_times.csv"))}
+    diff_s = [(float(b) - ref[f]) * 86400 for b, f in zip(lc["BJD_TDB"], lc["file"], strict=True)]
+    assert np.max(np.abs(diff_s)) < 1.0
+
+
+def test_positions_follow_the_drift(hat_run):
+    out, _, _ = hat_run
+    res = Table.read(out / "results.ecsv")
+    t = res[res["object"] == "HAT-P-32"]
+    approx = {r["file"]: (float(r["target_x"]), float(r["target_y"]))
+              for r in csv.DictReader(open(DATA / "approx_star_positions.csv"))}
+    d = [np.hypot(float(r["x"]) - approx[r["file"]][0], float(r["y"]) - approx[r["file"]][1]) for r in t]
+    assert np.max(d) < 1.5  # the README's positions are good to ~0.5 px
