@@ -114,7 +114,8 @@ def annulus_sky(
     keep = np.isfinite(base)
     for _ in range(5):
         v = np.where(keep, base, np.nan)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: stars off the frame
             med = row_nanmedian(v)
             std = np.nanstd(v, axis=1)
             new = np.isfinite(base) & (np.abs(base - med[:, None]) <= 3.0 * std[:, None])
@@ -123,7 +124,8 @@ def annulus_sky(
         keep = new
     v = np.where(keep, base, np.nan)
     count = keep.sum(axis=1)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         med = row_nanmedian(v)
         std = np.nanstd(v, axis=1) / _CLIP3_STD_FACTOR
     few = count < 10
