@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 _CHILD = """
 import resource, time
 from tsphot.settings import make_settings
@@ -58,15 +57,24 @@ def main() -> None:
             synthetic.simulate_night(night, synthetic.SimConfig(n_frames=n, size=(a.size, a.size)))
             sim = time.perf_counter() - t
             dt, own, workers = reduce_in_child(night, a.executor)
-            rows.append({"frames": n, "simulate_s": round(sim, 1), "run_s": round(dt, 1),
-                         "peak_rss_mb": round(own, 1), "worker_peak_rss_mb": round(workers, 1)})
+            rows.append(
+                {
+                    "frames": n,
+                    "simulate_s": round(sim, 1),
+                    "run_s": round(dt, 1),
+                    "peak_rss_mb": round(own, 1),
+                    "worker_peak_rss_mb": round(workers, 1),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     if len(rows) >= 2:
         a0, a1 = rows[0], rows[-1]
         per = (a1["run_s"] - a0["run_s"]) / (a1["frames"] - a0["frames"])
-        print(f"per-frame reduction cost: {1000 * per:.0f} ms/frame ({a.executor}); "
-              f"peak RSS {a0['peak_rss_mb']} MB at {a0['frames']} frames vs "
-              f"{a1['peak_rss_mb']} MB at {a1['frames']} frames")
+        print(
+            f"per-frame reduction cost: {1000 * per:.0f} ms/frame ({a.executor}); "
+            f"peak RSS {a0['peak_rss_mb']} MB at {a0['frames']} frames vs "
+            f"{a1['peak_rss_mb']} MB at {a1['frames']} frames"
+        )
 
 
 if __name__ == "__main__":

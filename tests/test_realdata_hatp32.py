@@ -1,4 +1,4 @@
-"""End to end on the real HAT-P-32 b night (MicroObservatory, 142 frames), against published results."""
+"""End to end on the real HAT-P-32 b night (MicroObservatory, 142 frames) vs published results."""
 
 import csv
 import json
@@ -28,12 +28,15 @@ def hat_run(tmp_path_factory):
     settings = make_settings(
         frames=[str(DATA)],
         out=str(out),
-        targets=[ObjectSpec(name="HAT-P-32", x=423.2, y=286.0, ra="02:04:10.278", dec="+46:41:16.21")],
+        targets=[
+            ObjectSpec(name="HAT-P-32", x=423.2, y=286.0, ra="02:04:10.278", dec="+46:41:16.21")
+        ],
         radii=[3.0, 3.5, 4.0, 4.5, 5.0],
         annulus=(8.0, 14.0),
         site=(31.675467, -110.951376, 1268.0),
-        transit=TransitSpec(t0=PREDICTED_T0, period=2.1500082, rp=0.1489, a=5.344, inc=88.98,
-                            u=[0.45, 0.25]),
+        transit=TransitSpec(
+            t0=PREDICTED_T0, period=2.1500082, rp=0.1489, a=5.344, inc=88.98, u=[0.45, 0.25]
+        ),
         detrend=["airmass"],
         quiet=True,
     )
@@ -42,7 +45,7 @@ def hat_run(tmp_path_factory):
 
 
 def test_every_frame_reported(hat_run):
-    out, summary, record = hat_run
+    out, summary, _record = hat_run
     assert summary["frames"] == 142
     res = Table.read(out / "results.ecsv")
     assert len(set(res["file"])) == 142
@@ -62,7 +65,10 @@ def test_transit_found_at_ephemeris_with_published_depth(hat_run):
 def test_times_match_reference_bjd(hat_run):
     out, _, _ = hat_run
     lc = Table.read(out / "lightcurve_HAT-P-32.ecsv")
-    ref = {r["file"]: float(r["bjd_tdb_mid"]) for r in csv.DictReader(open(DATA / "reference_times.csv"))}
+    ref = {
+        r["file"]: float(r["bjd_tdb_mid"])
+        for r in csv.DictReader(open(DATA / "reference_times.csv"))
+    }
     diff_s = [(float(b) - ref[f]) * 86400 for b, f in zip(lc["BJD_TDB"], lc["file"], strict=True)]
     assert np.max(np.abs(diff_s)) < 1.0
 
@@ -71,7 +77,12 @@ def test_positions_follow_the_drift(hat_run):
     out, _, _ = hat_run
     res = Table.read(out / "results.ecsv")
     t = res[res["object"] == "HAT-P-32"]
-    approx = {r["file"]: (float(r["target_x"]), float(r["target_y"]))
-              for r in csv.DictReader(open(DATA / "approx_star_positions.csv"))}
-    d = [np.hypot(float(r["x"]) - approx[r["file"]][0], float(r["y"]) - approx[r["file"]][1]) for r in t]
+    approx = {
+        r["file"]: (float(r["target_x"]), float(r["target_y"]))
+        for r in csv.DictReader(open(DATA / "approx_star_positions.csv"))
+    }
+    d = [
+        np.hypot(float(r["x"]) - approx[r["file"]][0], float(r["y"]) - approx[r["file"]][1])
+        for r in t
+    ]
     assert np.max(d) < 1.5  # the README's positions are good to ~0.5 px

@@ -25,8 +25,13 @@ def _apply(xy, angle_deg, shift, flip=False):
 
 @pytest.mark.parametrize(
     ("angle", "shift", "flip"),
-    [(0.0, (12.3, -7.9), False), (0.7, (3.0, 4.0), False), (180.0, (5.5, -2.5), False),
-     (90.0, (0.0, 0.0), False), (0.0, (2.0, 1.0), True)],
+    [
+        (0.0, (12.3, -7.9), False),
+        (0.7, (3.0, 4.0), False),
+        (180.0, (5.5, -2.5), False),
+        (90.0, (0.0, 0.0), False),
+        (0.0, (2.0, 1.0), True),
+    ],
 )
 def test_known_transform_recovered(angle, shift, flip):
     ref = _field()

@@ -8,7 +8,9 @@ from tsphot.settings import make_settings, parse_object
 
 def test_flags_win_over_toml(tmp_path):
     p = tmp_path / "s.toml"
-    p.write_text('frames = ["raw/*.fits"]\naperture = 5.0\n[[targets]]\nname = "T1"\nx = 1\ny = 2\n')
+    p.write_text(
+        'frames = ["raw/*.fits"]\naperture = 5.0\n[[targets]]\nname = "T1"\nx = 1\ny = 2\n'
+    )
     s = make_settings(p, aperture=7.0)
     assert s.aperture == 7.0
     assert s.frames == [str(tmp_path / "raw/*.fits")]

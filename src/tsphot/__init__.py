@@ -1,2 +1,3 @@
 """tsphot: time-series differential photometry."""
+
 __version__ = "0.1.0"

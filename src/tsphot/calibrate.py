@@ -49,7 +49,7 @@ def _load_stack(paths: list[str], kind: str, shape: tuple[int, int] | None) -> l
 
 
 def combine(frames: list[np.ndarray], method: str = "median", sigma: float = 3.0) -> np.ndarray:
-    """Combine same-sized frames pixel by pixel with sigma clipping (median or mean), in row chunks."""
+    """Combine same-sized frames pixel by pixel, sigma-clipped median or mean, in row chunks."""
     if not frames:
         raise ValueError("nothing to combine")
     ny, nx = frames[0].shape
@@ -86,7 +86,9 @@ def master_dark_rate(
     for p, f in zip(paths, frames, strict=True):
         t = read_header(p).exptime
         if not t or not np.isfinite(t) or t <= 0:
-            raise InputError(f"dark frame {p}: EXPTIME is {t}; a dark needs a positive exposure time")
+            raise InputError(
+                f"dark frame {p}: EXPTIME is {t}; a dark needs a positive exposure time"
+            )
         rates.append((f - (bias if bias is not None else 0.0)) / np.float32(t))
     return combine(rates, "mean")
 

@@ -25,7 +25,7 @@ def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tsphot",
-        description="Time-series differential photometry: raw exposures to calibrated light curves.",
+        description="Time-series differential photometry: raw exposures to light curves.",
     )
     p.add_argument("--version", action="version", version=f"tsphot {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -39,22 +39,36 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dark", nargs="+", default=[], help="raw dark frames, or one master")
     r.add_argument("--flat", nargs="+", default=[], help="raw flat frames, or one master")
     r.add_argument(
-        "--target", action="append", default=[],
+        "--target",
+        action="append",
+        default=[],
         help="'NAME=X,Y' (0-based px, first exposure), 'NAME=HH:MM:SS.s,+DD:MM:SS' or "
         "'NAME=X,Y@HH:MM:SS.s,+DD:MM:SS'; repeatable",
     )
-    r.add_argument("--comp", action="append", default=[],
-                   help="comparison star 'X,Y' or 'NAME=RA,DEC'; repeatable; none: automatic")
+    r.add_argument(
+        "--comp",
+        action="append",
+        default=[],
+        help="comparison star 'X,Y' or 'NAME=RA,DEC'; repeatable; none: automatic",
+    )
     r.add_argument("--check", action="append", default=[], help="check star, like --comp")
     r.add_argument("--aperture", type=float, help="aperture radius (px); default 1.6 × FWHM")
-    r.add_argument("--radii", type=lambda s: [float(v) for v in s.split(",")],
-                   help="more radii to try, e.g. 3,4,5,6; the lowest-scatter one is chosen")
+    r.add_argument(
+        "--radii",
+        type=lambda s: [float(v) for v in s.split(",")],
+        help="more radii to try, e.g. 3,4,5,6; the lowest-scatter one is chosen",
+    )
     r.add_argument("--annulus", type=lambda s: _floats(s, 2, "--annulus"), help="RIN,ROUT (px)")
     r.add_argument("--ellipticity", type=float, help="aperture ellipticity 1 - b/a")
     r.add_argument("--position-angle", type=float, help="aperture angle from +x (deg)")
-    r.add_argument("--site", type=lambda s: _floats(s, 3, "--site"),
-                   help="LAT,LON,ELEV_M (deg, east-positive deg, m)")
-    r.add_argument("--aperture-diameter", type=float, help="telescope aperture (m), for scintillation")
+    r.add_argument(
+        "--site",
+        type=lambda s: _floats(s, 3, "--site"),
+        help="LAT,LON,ELEV_M (deg, east-positive deg, m)",
+    )
+    r.add_argument(
+        "--aperture-diameter", type=float, help="telescope aperture (m), for scintillation"
+    )
     r.add_argument("--gain", type=float, help="e-/ADU (overrides the header)")
     r.add_argument("--read-noise", type=float, help="e- (overrides the header)")
     r.add_argument("--saturation", type=float, help="ADU (overrides the header)")
@@ -65,8 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="simulate an observing night with known truth")
     s.add_argument("--out", required=True)
     s.add_argument("--frames", type=int, default=150)
-    s.add_argument("--size", type=lambda t: tuple(int(v) for v in _floats(t, 2, "--size")),
-                   default=(1024, 1024), help="W,H (px)")
+    s.add_argument(
+        "--size",
+        type=lambda t: tuple(int(v) for v in _floats(t, 2, "--size")),
+        default=(1024, 1024),
+        help="W,H (px)",
+    )
     s.add_argument("--stars", type=int, default=300)
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--meridian-flip", action="store_true")
@@ -76,8 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="simulate a night, reduce it, compare with the truth")
     d.add_argument("--out", default="demo-output")
     d.add_argument("--frames", type=int, default=150)
-    d.add_argument("--size", type=lambda t: tuple(int(v) for v in _floats(t, 2, "--size")),
-                   default=(1024, 1024))
+    d.add_argument(
+        "--size",
+        type=lambda t: tuple(int(v) for v in _floats(t, 2, "--size")),
+        default=(1024, 1024),
+    )
     d.add_argument("--seed", type=int, default=1)
     return p
 
@@ -111,11 +132,15 @@ def _cmd_run(a: argparse.Namespace) -> int:
     }
     settings = make_settings(a.config, **flags)
     summary = pipeline.run(settings)
-    print(json.dumps({k: summary[k] for k in ("out", "frames", "frames_ok", "comps_used", "radius")}))
+    print(
+        json.dumps({k: summary[k] for k in ("out", "frames", "frames_ok", "comps_used", "radius")})
+    )
     for path, why in summary["frames_bad"].items():
         print(f"  skipped {Path(path).name}: {why}")
     for name, obj in summary["objects"].items():
-        line = f"  {name} ({obj['role']}): {obj['frames_measured']} points, rms {obj['rms_rel_flux']}"
+        line = (
+            f"  {name} ({obj['role']}): {obj['frames_measured']} points, rms {obj['rms_rel_flux']}"
+        )
         print(line)
     return 0
 
@@ -124,8 +149,13 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     from tsphot import synthetic
 
     cfg = synthetic.SimConfig(
-        n_frames=a.frames, size=a.size, n_stars=a.stars, seed=a.seed,
-        meridian_flip=a.meridian_flip, write_wcs=not a.no_wcs, transit_depth=a.depth,
+        n_frames=a.frames,
+        size=a.size,
+        n_stars=a.stars,
+        seed=a.seed,
+        meridian_flip=a.meridian_flip,
+        write_wcs=not a.no_wcs,
+        transit_depth=a.depth,
     )
     synthetic.simulate_night(a.out, cfg)
     print(f"simulated {a.frames} frames into {a.out} (settings: {Path(a.out) / 'tsphot.toml'})")

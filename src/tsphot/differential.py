@@ -105,7 +105,9 @@ def _site_and_coords(settings: Settings, frames: list[FrameInfo], plan: Any, not
         elif pointing is not None:
             coords[o.name] = timing.parse_coord(pointing[0], pointing[1])
             sources[o.name] = "header pointing (RA/DEC), not the object itself"
-    notes["coord_source"] = {k: v for k, v in sources.items() if k in {o.name for o in plan.objects if o.role != "comp"}}
+    notes["coord_source"] = {
+        k: v for k, v in sources.items() if k in {o.name for o in plan.objects if o.role != "comp"}
+    }
     return site, coords
 
 
@@ -163,7 +165,9 @@ def reduce(
         )
     else:
         scint = np.zeros(n_f)
-        notes["scintillation"] = "not included: telescope aperture or airmass unknown (--aperture-diameter)"
+        notes["scintillation"] = (
+            "not included: telescope aperture or airmass unknown (--aperture-diameter)"
+        )
 
     comp_idx = np.array([i for i, o in enumerate(objs) if o.role == "comp"])
     names = [objs[i].name for i in comp_idx]
@@ -271,12 +275,22 @@ def _fit_transits(settings: Settings, red: Reduced, results: list, objs: list) -
             red.notes.setdefault("fit_skipped", {})[o.name] = f"only {int(use.sum())} valid points"
             continue
         params = fit.TransitParams(
-            t0=tp.t0, period=tp.period, rp=tp.rp, a=tp.a, inc=tp.inc, ecc=tp.ecc, w=tp.w,
-            u=tuple(tp.u), limb_dark=tp.limb_dark,
+            t0=tp.t0,
+            period=tp.period,
+            rp=tp.rp,
+            a=tp.a,
+            inc=tp.inc,
+            ecc=tp.ecc,
+            w=tp.w,
+            u=tuple(tp.u),
+            limb_dark=tp.limb_dark,
         )
         try:
             c.fit = fit.fit_transit(
-                t[use], c.rel_flux[use], c.rel_flux_err[use], params,
+                t[use],
+                c.rel_flux[use],
+                c.rel_flux_err[use],
+                params,
                 regressors={k: v[use] for k, v in regs.items()},
                 exptime_s=float(np.nanmedian(red.exptime)),
             )

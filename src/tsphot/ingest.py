@@ -121,7 +121,9 @@ def expand_inputs(items: list[str]) -> list[str]:
         p = Path(item)
         if p.is_dir():
             found = sorted(
-                str(f) for f in p.iterdir() if f.name.lower().endswith(FITS_SUFFIXES) and f.is_file()
+                str(f)
+                for f in p.iterdir()
+                if f.name.lower().endswith(FITS_SUFFIXES) and f.is_file()
             )
             if not found:
                 raise InputError(f"{item}: folder holds no FITS files (*.fits, *.fit, *.fits.gz)")
@@ -165,7 +167,7 @@ def _angle(value: Any, hours: bool = False) -> float:
 
 
 def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo:
-    """Read and normalise one exposure's header; problems become status and reason, not exceptions."""
+    """Read and normalise one exposure's header; problems become its status and reason."""
     from tsphot import timing
 
     overrides = overrides or {}
@@ -209,7 +211,9 @@ def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo
             info.date_obs = f"{info.date_obs}T{tod}"
     time_is = overrides.get("time_is") or profile.time_is
     try:
-        info.jd_utc_mid = float(timing.mid_exposure_jd_utc(info.date_obs, info.exptime, time_is=time_is))
+        info.jd_utc_mid = float(
+            timing.mid_exposure_jd_utc(info.date_obs, info.exptime, time_is=time_is)
+        )
     except (ValueError, TypeError) as exc:
         info.status = "bad_header"
         info.reason = f"{path}: {k} = {date!r} is not a date and time ({exc})"
@@ -255,7 +259,7 @@ def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo
     except (ValueError, TypeError):
         info.assumed.append("site keywords unreadable; ignored")
     try:
-        kra, ra = _first(header, profile.keys("ra"))
+        _kra, ra = _first(header, profile.keys("ra"))
         _, dec = _first(header, profile.keys("dec"))
         if ra is not None and dec is not None:
             hours = isinstance(ra, str) and (":" in ra or " " in ra.strip())

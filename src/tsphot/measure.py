@@ -1,4 +1,4 @@
-"""Measurement: recentring, exact-overlap aperture sums, sky from the annulus, CCD-equation errors."""
+"""Measurement: recentring, exact-overlap aperture sums, annulus sky, CCD-equation errors."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def recentre(
     max_shift: float = 3.0,
     min_snr: float = 20.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre of mass above the local background in a box; keeps the prediction when too faint or too far."""
+    """Centre of mass above the local background; keeps the prediction if too faint or too far."""
     x0 = np.asarray(x, float)
     y0 = np.asarray(y, float)
     n = len(x0)

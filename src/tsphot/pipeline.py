@@ -112,7 +112,9 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
     try:
         raw, _ = ingest.read_pixels(info.path, info.pedestal)
         if raw.shape != plan.shape:
-            raise FrameError(f"{info.path}: frame size {raw.shape[::-1]} differs from {plan.shape[::-1]}")
+            raise FrameError(
+                f"{info.path}: frame size {raw.shape[::-1]} differs from {plan.shape[::-1]}"
+            )
         finite = np.isfinite(raw)
         if finite.sum() < 0.5 * raw.size:
             raise FrameError(f"{info.path}: more than half the pixels are NaN or infinite")
@@ -122,7 +124,10 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         # Registration needs only the bright stars: a high threshold keeps detection cheap;
         # thin or cloudy frames fall back to the user's threshold.
         src = detect.find_sources(
-            data, max(plan.detect_sigma, REGISTER_SIGMA), saturation=plan.saturation, max_sources=150
+            data,
+            max(plan.detect_sigma, REGISTER_SIGMA),
+            saturation=plan.saturation,
+            max_sources=150,
         )
         if len(src) < 10:
             src = detect.find_sources(
@@ -180,7 +185,8 @@ def _resolve_position(spec: ObjectSpec, header: Any, ref_path: str) -> tuple[flo
             raise ValueError
     except Exception:
         raise SettingsError(
-            f"{spec.name}: given by RA/Dec, but the reference frame {ref_path} has no WCS; give its "
+            f"{spec.name}: given by RA/Dec, but the reference frame {ref_path} has no WCS; "
+            "give its "
             "pixel position as NAME=X,Y (0-based, on the first exposure)"
         ) from None
     coord = timing.parse_coord(spec.ra, spec.dec)
@@ -230,7 +236,9 @@ def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Pl
     masters_file = None
     if not masters.empty:
         masters_file = str(out / "masters.npz")
-        arrays = {k: v for k in ("bias", "dark_rate", "flat") if (v := getattr(masters, k)) is not None}
+        arrays = {
+            k: v for k in ("bias", "dark_rate", "flat") if (v := getattr(masters, k)) is not None
+        }
         np.savez(masters_file, **arrays)
         notes["calibration"] = masters.provenance
     else:
@@ -268,7 +276,10 @@ def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Pl
         radii = tuple(sorted(set(settings.radii)))
     else:
         radii = (round(max(1.6 * fwhm, 2.0), 2),)
-    annulus = settings.annulus or (round(max(radii) + 2.0 * fwhm, 1), round(max(radii) + 5 * fwhm, 1))
+    annulus = settings.annulus or (
+        round(max(radii) + 2.0 * fwhm, 1),
+        round(max(radii) + 5 * fwhm, 1),
+    )
     if annulus[0] < max(radii):
         raise SettingsError(
             f"annulus inner radius {annulus[0]} px is inside the largest aperture {max(radii)} px"
@@ -277,7 +288,11 @@ def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Pl
 
     ny, nx = shape
     objects: list[PlanObject] = []
-    for role, specs in (("target", settings.targets), ("comp", settings.comps), ("check", settings.checks)):
+    for role, specs in (
+        ("target", settings.targets),
+        ("comp", settings.comps),
+        ("check", settings.checks),
+    ):
         for spec in specs:
             x, y = _resolve_position(spec, ref_header, ref.path)
             if not (0 <= x <= nx - 1 and 0 <= y <= ny - 1):
@@ -285,13 +300,18 @@ def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Pl
                     f"{role} {spec.name!r} at ({x:.1f}, {y:.1f}) px is outside the reference frame "
                     f"{ref.path} ({nx}x{ny} px); positions are 0-based on the first exposure"
                 )
-            objects.append(PlanObject(spec.name, role, x, y, pinned=role == "comp", catalog_mag=spec.mag))
+            objects.append(
+                PlanObject(spec.name, role, x, y, pinned=role == "comp", catalog_mag=spec.mag)
+            )
     if not any(o.role == "target" for o in objects):
         raise SettingsError("no target given: use --target NAME=X,Y or [[targets]] in the settings")
     # Recentre user positions on the reference frame so a position a pixel or two off still works.
     xs, ys, _ = measure.recentre(
-        ref_data, np.array([o.x for o in objects]), np.array([o.y for o in objects]),
-        settings.centroid_box, settings.max_shift,
+        ref_data,
+        np.array([o.x for o in objects]),
+        np.array([o.y for o in objects]),
+        settings.centroid_box,
+        settings.max_shift,
     )
     for o, x, y in zip(objects, xs, ys, strict=True):
         o.x, o.y = float(x), float(y)
@@ -371,7 +391,7 @@ def run(settings: Settings) -> dict[str, Any]:
     return summary
 
 
-def _progress(total: int, quiet: bool):  # noqa: ANN202 - a small closure
+def _progress(total: int, quiet: bool):
     import sys
 
     if quiet or not sys.stderr.isatty():

@@ -73,7 +73,7 @@ def similarity_fit(
 
 
 def _triangles(xy: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Triangles of each star with pairs of its k nearest neighbours: vertex indices and invariants."""
+    """Triangles of each star with pairs of its k nearest neighbours: vertices, invariants."""
     n = len(xy)
     k = min(k, n - 1)
     tree = cKDTree(xy)
@@ -99,7 +99,9 @@ def _triangles(xy: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     tri = np.take_along_axis(tri, order, axis=1)
     ss = np.take_along_axis(sides, order, axis=1)
     ok = ss[:, 0] > 1.0
-    inv = np.stack([ss[:, 2] / np.maximum(ss[:, 1], 1e-9), ss[:, 1] / np.maximum(ss[:, 0], 1e-9)], 1)
+    inv = np.stack(
+        [ss[:, 2] / np.maximum(ss[:, 1], 1e-9), ss[:, 1] / np.maximum(ss[:, 0], 1e-9)], 1
+    )
     return tri[ok], inv[ok]
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import difflib
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tsphot.errors import SettingsError
@@ -16,7 +16,7 @@ _SEXA = re.compile(r"^[+-]?\d{1,3}[: ]\d{1,2}[: ]\d{1,2}(\.\d*)?$")
 
 
 class ObjectSpec(BaseModel):
-    """A target, comparison or check star: by pixel position on the first exposure and/or by sky position."""
+    """A target, comparison or check star, by pixel position (first exposure) or sky position."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,7 +34,9 @@ class ObjectSpec(BaseModel):
         if (self.ra is None) != (self.dec is None):
             raise ValueError(f"object {self.name!r}: give both ra and dec, or neither")
         if self.x is None and self.ra is None:
-            raise ValueError(f"object {self.name!r}: give a pixel position (x, y) or a sky position")
+            raise ValueError(
+                f"object {self.name!r}: give a pixel position (x, y) or a sky position"
+            )
         return self
 
 
@@ -59,7 +61,9 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    frames: list[str] = Field(default_factory=list, description="science exposures: files, folders or globs")
+    frames: list[str] = Field(
+        default_factory=list, description="science exposures: files, folders or globs"
+    )
     out: str = Field("tsphot-output", description="output folder")
     bias: list[str] = Field(default_factory=list, description="raw bias frames or one master")
     dark: list[str] = Field(default_factory=list, description="raw dark frames or one master")
@@ -107,7 +111,11 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _aperture_inside_annulus(self) -> Settings:
-        if self.aperture is not None and self.annulus is not None and self.annulus[0] < self.aperture:
+        if (
+            self.aperture is not None
+            and self.annulus is not None
+            and self.annulus[0] < self.aperture
+        ):
             raise ValueError(
                 f"annulus inner radius {self.annulus[0]} px is inside the aperture "
                 f"({self.aperture} px): make it larger"
@@ -170,7 +178,7 @@ def make_settings(toml: str | Path | None = None, **flags: Any) -> Settings:
 
 
 def parse_object(text: str, default_name: str) -> ObjectSpec:
-    """Parse 'NAME=X,Y', 'NAME=HH:MM:SS.s,+DD:MM:SS', 'NAME=X,Y@RA,DEC' or 'X,Y' into an ObjectSpec."""
+    """Parse 'NAME=X,Y', 'NAME=HH:MM:SS.s,+DD:MM:SS', 'NAME=X,Y@RA,DEC' or 'X,Y'."""
     name, _, rest = text.rpartition("=")
     name = name.strip() or default_name
     pix, _, sky = rest.partition("@")

@@ -17,11 +17,19 @@ from astropy.table import QTable, Table
 from tsphot import __version__
 from tsphot.ingest import FrameInfo, file_sha256
 
-DEPENDENCIES = ("numpy", "scipy", "astropy", "astropy-iers-data", "photutils", "sep", "batman-package")
+DEPENDENCIES = (
+    "numpy",
+    "scipy",
+    "astropy",
+    "astropy-iers-data",
+    "photutils",
+    "sep",
+    "batman-package",
+)
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Write a file through a temporary sibling and a rename, so no half-written file is ever seen."""
+    """Write a file via a temporary sibling and a rename: no half-written file is ever seen."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
@@ -37,16 +45,43 @@ def _write_table(table: Table, path: Path, fmt: str) -> None:
     atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True))
 
 
-def results_table(settings: Any, frames: list[FrameInfo], plan: Any, results: list, red: Any) -> QTable:
+def results_table(
+    settings: Any, frames: list[FrameInfo], plan: Any, results: list, red: Any
+) -> QTable:
     """One row per object per exposure with every field of the seed's result record."""
     k = red.radius_index
     aps = plan.apertures
-    rows: dict[str, list] = {c: [] for c in (
-        "object", "role", "frame", "file", "jd_utc", "bjd_tdb", "exptime", "airmass", "flux",
-        "flux_err", "mag", "mag_err", "x", "y", "aperture_radius", "annulus_inner", "annulus_outer",
-        "ellipticity", "position_angle", "sky_median", "sky_std", "sky_area", "peak", "saturated",
-        "status", "reason",
-    )}
+    rows: dict[str, list] = {
+        c: []
+        for c in (
+            "object",
+            "role",
+            "frame",
+            "file",
+            "jd_utc",
+            "bjd_tdb",
+            "exptime",
+            "airmass",
+            "flux",
+            "flux_err",
+            "mag",
+            "mag_err",
+            "x",
+            "y",
+            "aperture_radius",
+            "annulus_inner",
+            "annulus_outer",
+            "ellipticity",
+            "position_angle",
+            "sky_median",
+            "sky_std",
+            "sky_area",
+            "peak",
+            "saturated",
+            "status",
+            "reason",
+        )
+    }
     for fi, (f, r) in enumerate(zip(frames, results, strict=True)):
         for oi, o in enumerate(plan.objects):
             c = r.columns
@@ -81,10 +116,23 @@ def results_table(settings: Any, frames: list[FrameInfo], plan: Any, results: li
             rows["reason"].append(reason)
     t = QTable(rows)
     units = {
-        "exptime": u.s, "flux": u.electron, "flux_err": u.electron, "mag": u.mag, "mag_err": u.mag,
-        "x": u.pix, "y": u.pix, "aperture_radius": u.pix, "annulus_inner": u.pix,
-        "annulus_outer": u.pix, "position_angle": u.deg, "sky_median": u.adu, "sky_std": u.adu,
-        "sky_area": u.pix**2, "peak": u.adu, "jd_utc": u.day, "bjd_tdb": u.day,
+        "exptime": u.s,
+        "flux": u.electron,
+        "flux_err": u.electron,
+        "mag": u.mag,
+        "mag_err": u.mag,
+        "x": u.pix,
+        "y": u.pix,
+        "aperture_radius": u.pix,
+        "annulus_inner": u.pix,
+        "annulus_outer": u.pix,
+        "position_angle": u.deg,
+        "sky_median": u.adu,
+        "sky_std": u.adu,
+        "sky_area": u.pix**2,
+        "peak": u.adu,
+        "jd_utc": u.day,
+        "bjd_tdb": u.day,
     }
     for col, unit in units.items():
         t[col] = t[col] * unit if not hasattr(t[col], "unit") or t[col].unit is None else t[col]
@@ -165,7 +213,9 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def run_record(settings: Any, frames: list[FrameInfo], plan: Any, results: list, red: Any, notes: dict) -> dict:
+def run_record(
+    settings: Any, frames: list[FrameInfo], plan: Any, results: list, red: Any, notes: dict
+) -> dict:
     """The run.json record: settings, versions, inputs with hashes, per-object summary."""
     ens = red.ensemble
     comps = []
@@ -246,13 +296,21 @@ def run_record(settings: Any, frames: list[FrameInfo], plan: Any, results: list,
 
 
 def write_products(
-    settings: Any, frames: list[FrameInfo], plan: Any, results: list, red: Any, notes: dict, out: Path
+    settings: Any,
+    frames: list[FrameInfo],
+    plan: Any,
+    results: list,
+    red: Any,
+    notes: dict,
+    out: Path,
 ) -> dict[str, Any]:
     """Write results.ecsv, the light curves, the plot and run.json; return a short summary."""
     from tsphot.products import plots
 
     out = Path(out)
-    _write_table(results_table(settings, frames, plan, results, red), out / "results.ecsv", "ascii.ecsv")
+    _write_table(
+        results_table(settings, frames, plan, results, red), out / "results.ecsv", "ascii.ecsv"
+    )
     curves = {}
     for name in red.curves:
         t = lightcurve_table(name, red, frames, results)
@@ -273,7 +331,9 @@ def write_products(
         "frames_ok": int(sum(r.status == "ok" for r in results)),
         "frames_bad": {r.path: r.reason for r in results if r.status != "ok"},
         "comps_used": int(ens.used.sum()),
-        "comps_rejected": {n: why for n, why, u_ in zip(ens.names, ens.reasons, ens.used, strict=True) if not u_},
+        "comps_rejected": {
+            n: why for n, why, u_ in zip(ens.names, ens.reasons, ens.used, strict=True) if not u_
+        },
         "radius": red.radius,
         "objects": record["objects"],
     }

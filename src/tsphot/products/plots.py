@@ -8,8 +8,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def binned(t: np.ndarray, y: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -46,13 +46,26 @@ def lightcurve_plot(red: Any, curves: dict[str, Any], path: Path) -> None:
         x = time - t0
         v = c.valid
         ax.errorbar(
-            x[v], c.rel_flux[v] - offset, yerr=c.rel_flux_err[v], fmt=".", ms=3, alpha=0.35,
-            color="C0" if c.role == "target" else "C2", lw=0.5,
+            x[v],
+            c.rel_flux[v] - offset,
+            yerr=c.rel_flux_err[v],
+            fmt=".",
+            ms=3,
+            alpha=0.35,
+            color="C0" if c.role == "target" else "C2",
+            lw=0.5,
         )
         span = np.nanmax(x[v]) - np.nanmin(x[v]) if v.any() else 0
         tb, yb, eb = binned(x[v], c.rel_flux[v], max(span / 25, 1e-3))
-        ax.errorbar(tb, yb - offset, yerr=eb, fmt="o", ms=5, color="k" if c.role == "target" else "C3",
-                    label=f"{name} ({c.role}) rms {1e2 * c.rms:.2f} %")
+        ax.errorbar(
+            tb,
+            yb - offset,
+            yerr=eb,
+            fmt="o",
+            ms=5,
+            color="k" if c.role == "target" else "C3",
+            label=f"{name} ({c.role}) rms {1e2 * c.rms:.2f} %",
+        )
         if "model" in t.colnames:
             m = np.asarray(t["model"])
             ok = np.isfinite(m)
@@ -64,8 +77,10 @@ def lightcurve_plot(red: Any, curves: dict[str, Any], path: Path) -> None:
         offset += max(0.04, 6 * c.rms if np.isfinite(c.rms) else 0.04)
     ax.set_xlabel(f"{label_t} − {t0:.0f} (d)" if t0 is not None else "time")
     ax.set_ylabel("relative flux (offset for check stars)")
-    ax.set_title(f"tsphot differential light curve (aperture {red.radius:.1f} px, "
-                 f"{int(red.ensemble.used.sum())} comparison stars)")
+    ax.set_title(
+        f"tsphot differential light curve (aperture {red.radius:.1f} px, "
+        f"{int(red.ensemble.used.sum())} comparison stars)"
+    )
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
