@@ -263,7 +263,7 @@ def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo
         _, dec = _first(header, profile.keys("dec"))
         if ra is not None and dec is not None:
             hours = isinstance(ra, str) and (":" in ra or " " in ra.strip())
-            info.ra_dec = (_angle(ra, hours=hours) * (15.0 if hours else 1.0), _angle(dec))
+            info.ra_dec = (_angle(ra, hours=hours), _angle(dec))
     except (ValueError, TypeError):
         info.assumed.append("pointing RA/DEC keywords unreadable; ignored")
     _, am = _first(header, profile.keys("airmass"))
