@@ -156,6 +156,18 @@ def test_bic_selects_airmass_not_noise(ensemble):
         assert r.selection[0][0] == [] and r.selection[-1][0] == r.terms
 
 
+def test_bic_picks_nothing_without_a_trend():
+    # Control: flat baseline. Measured: some term chosen in 1/40 seeds (time1, once).
+    picked = []
+    for seed in range(100, 100 + N_SEEDS):
+        flux, err, noise = simulate(seed, c_airmass=0.0)
+        res = fit.fit_transit(
+            T, flux, err, GUESS, regressors={"airmass": AIRMASS, "noise": noise}, exptime_s=60
+        )
+        picked.append(bool(res.terms))
+    assert np.mean(picked) <= 0.1
+
+
 def test_chi2_red_near_one_for_correct_errors(ensemble):
     chi2_red = np.array([r.chi2_red for r in ensemble])
     # Each chi2_red has sd sqrt(2/195) = 0.10; the mean over 40 seeds has sd 0.016.

@@ -19,9 +19,10 @@ quantities (depth = rp², T14, ``c_i``) are propagated through it with a numeric
 
 Detrending terms are chosen by greedy forward selection on the Bayesian information criterion
 ``BIC = χ² + k ln N``: a term is added while it lowers BIC by more than ``MIN_DELTA_BIC`` (2,
-"positive evidence", Kass & Raftery 1995). For the selection only, χ² uses the errors inflated by
-``sqrt(max(1, χ²_red))`` of the fit with every candidate term, so that understated errors do not
-buy extra terms; the reported ``bic`` uses the errors as given. Powers of time enter in order
+"positive evidence", Kass & Raftery 1995). For the selection only, χ² uses the errors rescaled
+by ``sqrt(χ²_red)`` of the fit with every candidate term (the least biased noise estimate at
+hand), so that understated errors do not buy extra terms and overstated ones do not hide real
+trends; the reported ``bic`` uses the errors as given. Powers of time enter in order
 (``time2`` only after ``time1``). Outliers beyond ``clip_sigma`` (in units of the robust scatter
 of the normalised residuals) are clipped iteratively, and reported in ``mask`` / ``n_clipped``.
 
@@ -450,7 +451,7 @@ def _select(
     start: np.ndarray,
     inflate: float,
 ) -> tuple[list[str], list[tuple[list[str], float]]]:
-    """Greedy forward selection of detrending terms on BIC (errors inflated by `inflate`)."""
+    """Greedy forward selection of detrending terms on BIC (errors multiplied by `inflate`)."""
     n = int(mask.sum())
 
     def bic(sol: _Solution) -> float:
@@ -708,11 +709,13 @@ def _run(
     mask = full.mask
     selection: list[tuple[list[str], float]] = []
     if select_terms and candidates:
-        # 2. Greedy forward BIC selection on that mask, errors inflated by the full model's fit.
+        # 2. Greedy forward BIC selection on that mask, errors rescaled by the full model's fit.
         dof = int(mask.sum()) - _n_params(prob, full_terms)
-        inflate = math.sqrt(max(1.0, full.chi2 / dof)) if dof > 0 else 1.0
-        if inflate > 1.0:
-            notes.append(f"term selection used errors × {inflate:.3f} (chi2_red of the full model)")
+        inflate = math.sqrt(full.chi2 / dof) if dof > 0 and full.chi2 > 0 else 1.0
+        if abs(inflate - 1.0) > 0.1:
+            notes.append(
+                f"term selection used errors × {inflate:.3f} (sqrt chi2_red of the full model)"
+            )
         terms, selection = _select(prob, candidates, mask, full.x, inflate)
     else:
         terms = full_terms
