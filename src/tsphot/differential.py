@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tsphot import ensemble, noise, timing
+from tsphot import ensemble, ingest, noise, timing
 from tsphot.ingest import FrameInfo
 from tsphot.settings import Settings
 
@@ -70,7 +70,6 @@ def _stack(results: list, key: str, n_obj: int, n_r: int | None = None) -> np.nd
 
 def _site_and_coords(settings: Settings, frames: list[FrameInfo], plan: Any, notes: dict) -> tuple:
     """Site (EarthLocation) and per-object sky coordinates, from settings, WCS or headers."""
-    from astropy.wcs import WCS
 
     ok = [f for f in frames if f.status == "ok"]
     site = None
@@ -84,13 +83,7 @@ def _site_and_coords(settings: Settings, frames: list[FrameInfo], plan: Any, not
         notes["site_source"] = "none: no site in the headers and none given (--site LAT,LON,ELEV)"
     coords: dict[str, Any] = {}
     header = notes.get("reference_header")
-    wcs = None
-    if header is not None and "CTYPE1" in header:
-        try:
-            w = WCS(header)
-            wcs = w if w.has_celestial else None
-        except Exception:
-            wcs = None
+    wcs = ingest.quiet_wcs(header) if header is not None else None
     specs = {s.name: s for s in [*settings.targets, *settings.comps, *settings.checks]}
     pointing = ok[0].ra_dec if ok else None
     sources = {}

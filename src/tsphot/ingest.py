@@ -328,3 +328,20 @@ def ingest(paths: list[str], overrides: dict[str, Any] | None = None) -> list[Fr
     for n, i in enumerate(ordered):
         i.index = n
     return ordered
+
+
+def quiet_wcs(header: fits.Header) -> Any:
+    """The header's celestial WCS, or None; astropy's notes on fixed keywords are not errors."""
+    import warnings
+
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    if "CTYPE1" not in header:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header)
+        except Exception:
+            return None
+    return wcs if wcs.has_celestial else None

@@ -173,22 +173,15 @@ def _resolve_position(spec: ObjectSpec, header: Any, ref_path: str) -> tuple[flo
     """Pixel position on the reference frame of an object given by pixels or by sky position."""
     if spec.x is not None and spec.y is not None:
         return float(spec.x), float(spec.y)
-    from astropy.wcs import WCS
 
     from tsphot import timing
 
-    try:
-        if "CTYPE1" not in header:
-            raise ValueError
-        wcs = WCS(header)
-        if not wcs.has_celestial:
-            raise ValueError
-    except Exception:
+    wcs = ingest.quiet_wcs(header)
+    if wcs is None:
         raise SettingsError(
             f"{spec.name}: given by RA/Dec, but the reference frame {ref_path} has no WCS; "
-            "give its "
-            "pixel position as NAME=X,Y (0-based, on the first exposure)"
-        ) from None
+            "give its pixel position as NAME=X,Y (0-based, on the first exposure)"
+        )
     coord = timing.parse_coord(spec.ra, spec.dec)
     px, py = wcs.world_to_pixel(coord)
     return float(px), float(py)
@@ -232,7 +225,12 @@ def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Pl
         raise InputError("no usable exposure: " + "; ".join(f.reason for f in frames[:5]))
     shape = ok[0].shape
     notes: dict[str, Any] = {"assumed": []}
-    masters = calibrate.build_masters(settings.bias, settings.dark, settings.flat, shape)
+    masters = calibrate.build_masters(
+        ingest.expand_inputs(settings.bias),
+        ingest.expand_inputs(settings.dark),
+        ingest.expand_inputs(settings.flat),
+        shape,
+    )
     masters_file = None
     if not masters.empty:
         masters_file = str(out / "masters.npz")
