@@ -1,0 +1,176 @@
+"""The known truth of a simulated night: reading it back, and the noise it predicts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from .config import SimConfig
+from .psf import enclosed_fraction
+
+__all__ = [
+    "Truth",
+    "expected_star_sigma",
+    "expected_star_terms",
+    "load_truth",
+    "scintillation_sigma",
+]
+
+TRUTH_JSON = "truth.json"
+STARS_ECSV = "truth_stars.ecsv"
+FRAMES_ECSV = "truth_frames.ecsv"
+EXPOSURES_ECSV = "truth_exposures.ecsv"
+COSMICS_ECSV = "truth_cosmics.ecsv"
+MAPS_FITS = "truth_maps.fits"
+
+
+def scintillation_sigma(
+    airmass: float | np.ndarray, diameter_m: float, elevation_m: float, exptime_s: float
+) -> float | np.ndarray:
+    """Fractional scintillation noise: 1.5 x Young (1967) (Osborn et al. 2015 factor)."""
+    d_cm = 100.0 * diameter_m
+    x = np.asarray(airmass, dtype=float)
+    sig = 1.5 * 0.09 * d_cm ** (-2.0 / 3.0) * x**1.75 * np.exp(-elevation_m / 8000.0)
+    sig = sig / np.sqrt(2.0 * exptime_s)
+    return float(sig) if np.ndim(sig) == 0 else sig
+
+
+@dataclass
+class Truth:
+    """Everything known about a simulated night (see the module docs of tsphot.synthetic)."""
+
+    out_dir: Path
+    config: SimConfig
+    meta: dict[str, Any]  # truth.json
+    stars: Table  # truth_stars.ecsv: one row per star
+    frames: Table  # truth_frames.ecsv: one row per frame x star
+    exposures: Table  # truth_exposures.ecsv: one row per science frame
+    cosmics: Table  # truth_cosmics.ecsv: one row per pixel hit by a cosmic ray
+    _maps: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def target(self) -> int:
+        """Star id of the target T1."""
+        return int(self.meta["roles"]["target"])
+
+    @property
+    def comparisons(self) -> list[int]:
+        """Star ids of the comparison candidates (one of them is variable)."""
+        return [int(i) for i in self.meta["roles"]["comparisons"]]
+
+    @property
+    def variable_comp(self) -> int:
+        """Star id of the variable comparison candidate."""
+        return int(self.meta["roles"]["variable_comp"])
+
+    @property
+    def check(self) -> int:
+        """Star id of the check star CHK."""
+        return int(self.meta["roles"]["check"])
+
+    @property
+    def saturated_star(self) -> int:
+        """Star id of the saturated star SAT."""
+        return int(self.meta["roles"]["saturated"])
+
+    @property
+    def transit(self) -> dict[str, Any]:
+        """Transit parameters (t0_bjd_tdb, t0_jd_utc, depth, rp, a_rs, inc_deg, period_d, ...)."""
+        return self.meta["transit"]
+
+    @property
+    def n_frames(self) -> int:
+        """Number of science frames."""
+        return int(self.config.n_frames)
+
+    def star_frames(self, star: int) -> Table:
+        """Rows of truth_frames for one star, in frame order."""
+        rows = self.frames[self.frames["star"] == star]
+        rows.sort("frame")
+        return rows
+
+    def science_files(self) -> list[Path]:
+        """Paths of the science frames, in time order."""
+        return [self.out_dir / p for p in self.meta["files"]["science"]]
+
+    def maps(self) -> dict[str, np.ndarray]:
+        """True instrument maps: FLAT (mean 1), DARK_RATE (e-/s), BIAS_COLUMNS (ADU per column)."""
+        if self._maps is None:
+            with fits.open(self.out_dir / MAPS_FITS) as hdul:
+                self._maps = {h.name: np.array(h.data) for h in hdul[1:]}
+        return self._maps
+
+    def transform(
+        self, frame: int, x0: np.ndarray, y0: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Map frame-0 pixel positions to the given frame (the simulator's exact transform)."""
+        row = self.exposures[frame]
+        cx, cy = self.meta["frame_centre"]
+        th = np.deg2rad(float(row["rotation_deg"]))
+        u, v = np.asarray(x0, dtype=float) - cx, np.asarray(y0, dtype=float) - cy
+        x = np.cos(th) * u - np.sin(th) * v + cx + float(row["dx"])
+        y = np.sin(th) * u + np.cos(th) * v + cy + float(row["dy"])
+        return x, y
+
+
+def load_truth(out_dir: str | Path) -> Truth:
+    """Read the truth of a simulated night written by simulate_night()."""
+    out = Path(out_dir)
+    meta = json.loads((out / TRUTH_JSON).read_text())
+    return Truth(
+        out_dir=out,
+        config=SimConfig.from_dict(meta["config"]),
+        meta=meta,
+        stars=Table.read(out / STARS_ECSV, format="ascii.ecsv"),
+        frames=Table.read(out / FRAMES_ECSV, format="ascii.ecsv"),
+        exposures=Table.read(out / EXPOSURES_ECSV, format="ascii.ecsv"),
+        cosmics=Table.read(out / COSMICS_ECSV, format="ascii.ecsv"),
+    )
+
+
+def expected_star_terms(
+    truth: Truth, star: int, radius: float, n_sky_pix: float
+) -> dict[str, np.ndarray]:
+    """Per-frame 1-sigma noise terms (electrons) of one star's aperture flux at radius r.
+
+    The aperture sum is taken on the bias- and dark-subtracted, flat-fielded image (noiseless
+    masters), with the sky estimated as the mean of ``n_sky_pix`` pixels, so the sky, dark,
+    read and digitisation terms carry the factor (1 + n_pix / n_sky), n_pix = pi r^2. The flat
+    at the star (column ``flat``) scales each term as it does in the calibrated image. Keys:
+    photon, sky, dark, read, digitisation, scintillation (sigma_s x aperture flux), total
+    (their quadrature sum), and flux_ap (the expected aperture flux itself).
+    """
+    rows = truth.star_frames(star)
+    cfg = truth.config
+    f = np.asarray(rows["flat"], dtype=float)
+    flux_ap = np.asarray(rows["flux_noscint_e"], dtype=float) * enclosed_fraction(
+        radius, np.asarray(rows["fwhm"], dtype=float), cfg.moffat_beta
+    )
+    n_pix = np.pi * radius**2
+    k = 1.0 + n_pix / float(n_sky_pix)
+    sky = np.asarray(rows["sky_e_per_pix"], dtype=float)
+    dark = np.asarray(rows["dark_e_per_pix"], dtype=float)
+    rn = np.asarray(rows["read_noise_e"], dtype=float)
+    var = {
+        "photon": flux_ap / f,
+        "sky": n_pix * k * sky / f,
+        "dark": n_pix * k * dark / f**2,
+        "read": n_pix * k * rn**2 / f**2,
+        "digitisation": n_pix * k * (cfg.gain**2 / 12.0) / f**2,
+        "scintillation": (np.asarray(rows["scint_frac"], dtype=float) * flux_ap) ** 2,
+    }
+    terms = {name: np.sqrt(v) for name, v in var.items()}
+    terms["total"] = np.sqrt(sum(var.values()))
+    terms["flux_ap"] = flux_ap
+    return terms
+
+
+def expected_star_sigma(truth: Truth, star: int, radius: float, n_sky_pix: float) -> np.ndarray:
+    """Per-frame predicted 1-sigma noise (electrons) of one star's aperture flux at radius r."""
+    return expected_star_terms(truth, star, radius, n_sky_pix)["total"]
