@@ -75,6 +75,8 @@ def test_same_seed_identical_bytes_different_seed_differs(night: Truth, tmp_path
     a, b = _files(night.out_dir), _files(again.out_dir)
     assert a.keys() == b.keys()
     assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
+    forked = simulate_night(tmp_path / "forked", small(), workers=2)
+    assert _files(forked.out_dir) == a
     other = simulate_night(tmp_path / "other", small(seed=4))
     c = _files(other.out_dir)
     assert c["raw/sci_0000.fits"] != a["raw/sci_0000.fits"]

@@ -28,6 +28,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -330,9 +333,102 @@ def _write(path: Path, data: np.ndarray, header: fits.Header) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Science frames (one function of the frame index, so frames can run in parallel processes)
 
 
-def simulate_night(out_dir: str | Path, config: SimConfig | None = None) -> Truth:
+@dataclass
+class _FrameContext:
+    cfg: SimConfig
+    out: Path
+    noise_entropy: int
+    noise_stream: int
+    xk: np.ndarray
+    yk: np.ndarray
+    flux_nos: np.ndarray
+    sig_s: np.ndarray
+    fwhm: np.ndarray
+    airmass: np.ndarray
+    rot: np.ndarray
+    dxy: np.ndarray
+    t_start: Time
+    flat: np.ndarray
+    dark_e: np.ndarray
+    bias_cols: np.ndarray
+    sky_plane: np.ndarray
+    centre_px: tuple[float, float]
+
+
+_CTX: _FrameContext | None = None  # set in the parent before forking workers
+
+
+def _science_frame(
+    ctx: _FrameContext, k: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, float]]]:
+    """Render, expose and write science frame k; return its true fluxes, peaks and cosmics."""
+    cfg = ctx.cfg
+    nx, ny = cfg.size
+    nrng = _rng(ctx.noise_entropy, _SCIENCE, ctx.noise_stream, k)
+    n_st = ctx.xk.shape[1]
+    flux_e = ctx.flux_nos[k] * (1.0 + ctx.sig_s[k] * nrng.standard_normal(n_st))
+    model = np.zeros((ny, nx))
+    _add_stars(model, ctx.xk[k], ctx.yk[k], flux_e, float(ctx.fwhm[k]), cfg.moffat_beta)
+    model += (cfg.sky_zenith * cfg.exptime * ctx.airmass[k]) * ctx.sky_plane
+    model *= ctx.flat
+    model += ctx.dark_e
+    # noiseless peak (ADU, with bias) near each star, for the saturation flag
+    peak = np.zeros(n_st)
+    ix, iy = np.rint(ctx.xk[k]).astype(int), np.rint(ctx.yk[k]).astype(int)
+    for i in np.flatnonzero((ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)):
+        ya, yb = max(iy[i] - 2, 0), min(iy[i] + 3, ny)
+        xa, xb = max(ix[i] - 2, 0), min(ix[i] + 3, nx)
+        peak[i] = (model[ya:yb, xa:xb] / cfg.gain + ctx.bias_cols[None, xa:xb]).max()
+    cos = _cosmics(cfg, nrng, cfg.exptime)
+    cosmic_rows = [(k, int(cx), int(cy), float(ce)) for cx, cy, ce in zip(*cos, strict=True)]
+    data = _expose(cfg, model, ctx.bias_cols, nrng, cos)
+    t_start = ctx.t_start[k]
+    h = _header(cfg, "Light Frame", t_start, cfg.exptime)
+    wcs = _wcs(cfg, ctx.centre_px, float(ctx.rot[k]), ctx.dxy[k])
+    pointing = wcs.pixel_to_world(*ctx.centre_px)
+    ra_s, dec_s = _sexagesimal(*cfg.ra_dec)
+    h["OBJECT"] = (cfg.object_name, "target field")
+    h["RA"] = (float(pointing.ra.deg), "[deg] pointing RA (frame centre)")
+    h["DEC"] = (float(pointing.dec.deg), "[deg] pointing Dec (frame centre)")
+    h["OBJCTRA"] = (ra_s, "[h m s] object RA")
+    h["OBJCTDEC"] = (dec_s, "[d m s] object Dec")
+    h["AIRMASS"] = (round(float(ctx.airmass[k]), 6), "airmass at mid-exposure")
+    if cfg.write_wcs:
+        h["MJD-OBS"] = (float(t_start.utc.mjd), "[d] MJD (UTC) of exposure start")
+        for card in wcs.to_header().cards:
+            if card.keyword not in h and card.keyword not in ("MJDREF", "DATEREF"):
+                h.append(card)
+    _write(ctx.out / f"raw/sci_{k:04d}.fits", data, h)
+    return flux_e, peak, cosmic_rows
+
+
+def _science_frame_forked(k: int) -> tuple[np.ndarray, np.ndarray, list]:
+    assert _CTX is not None
+    return _science_frame(_CTX, k)
+
+
+def _run_frames(ctx: _FrameContext, n: int, workers: int) -> list:
+    """All science frames, serially or in forked worker processes (identical results)."""
+    global _CTX
+    if workers <= 1 or n < 2 or "fork" not in mp.get_all_start_methods():
+        return [_science_frame(ctx, k) for k in range(n)]
+    _CTX = ctx
+    try:
+        with ProcessPoolExecutor(min(workers, n), mp_context=mp.get_context("fork")) as pool:
+            return list(pool.map(_science_frame_forked, range(n), chunksize=4))
+    finally:
+        _CTX = None
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def simulate_night(
+    out_dir: str | Path, config: SimConfig | None = None, *, workers: int = 1
+) -> Truth:
     """Write a simulated night (raw science, bias, dark, flat FITS) and its truth into out_dir."""
     cfg = config if config is not None else SimConfig()
     cfg.validate()
@@ -452,63 +548,42 @@ def simulate_night(out_dir: str | Path, config: SimConfig | None = None) -> Trut
     flux_nos = flux_s[None, :] * cfg.exptime * ext[:, None] * transparency[:, None] * astro
     flux_e = np.empty_like(flux_nos)
     peak_adu = np.zeros((n, n_st))
-    flat_at = np.zeros((n, n_st))
-    sky_at = np.zeros((n, n_st))
     cosmic_rows: list[tuple[int, int, int, float]] = []
-    sci_files = []
+    sci_files: list[str] = []
     dark_e = dark_rate * cfg.exptime
-    ra_s, dec_s = _sexagesimal(*cfg.ra_dec)
-    for k in range(n):
-        nrng = _rng(noise_entropy, _SCIENCE, noise_stream, k)
-        scint = 1.0 + sig_s[k] * nrng.standard_normal(n_st)
-        flux_e[k] = flux_nos[k] * scint
-        stars = np.zeros((ny, nx))
-        _add_stars(stars, xk[k], yk[k], flux_e[k], float(fwhm[k]), cfg.moffat_beta)
-        sky_k = cfg.sky_zenith * cfg.exptime * airmass[k]
-        stars += sky_k * sky_plane
-        stars *= flat
-        stars += dark_e
-        model = stars
-        ix = np.clip(np.rint(xk[k]).astype(int), 0, nx - 1)
-        iy = np.clip(np.rint(yk[k]).astype(int), 0, ny - 1)
-        on = (xk[k] > -0.5) & (xk[k] < nx - 0.5) & (yk[k] > -0.5) & (yk[k] < ny - 0.5)
-        flat_at[k] = np.where(on, flat[iy, ix], np.nan)
-        sky_at[k] = sky_k * (
-            1.0
-            + cfg.sky_gradient
-            * (
-                (xk[k] - centre_px[0]) * np.cos(grad_angle)
-                + (yk[k] - centre_px[1]) * np.sin(grad_angle)
-            )
-            / extent
-        )
-        for i in np.flatnonzero(on):
-            ya, yb = max(iy[i] - 2, 0), min(iy[i] + 3, ny)
-            xa, xb = max(ix[i] - 2, 0), min(ix[i] + 3, nx)
-            box = model[ya:yb, xa:xb] / cfg.gain + bias_cols[None, xa:xb]
-            peak_adu[k, i] = box.max()
-        cos = _cosmics(cfg, nrng, cfg.exptime)
-        for cx_, cy_, ce in zip(*cos, strict=True):
-            cosmic_rows.append((k, int(cx_), int(cy_), float(ce)))
-        data = _expose(cfg, model, bias_cols, nrng, cos)
-        h = _header(cfg, "Light Frame", t_start[k], cfg.exptime)
-        pointing = _wcs(cfg, centre_px, float(rot[k]), dxy[k]).pixel_to_world(*centre_px)
-        h["OBJECT"] = (cfg.object_name, "target field")
-        h["RA"] = (float(pointing.ra.deg), "[deg] pointing RA (frame centre)")
-        h["DEC"] = (float(pointing.dec.deg), "[deg] pointing Dec (frame centre)")
-        h["OBJCTRA"] = (ra_s, "[h m s] object RA")
-        h["OBJCTDEC"] = (dec_s, "[d m s] object Dec")
-        h["AIRMASS"] = (round(float(airmass[k]), 6), "airmass at mid-exposure")
-        h["PIERSIDE"] = ("WEST" if flipped[k] else "EAST", "side of pier")
-        if cfg.write_wcs:
-            h["MJD-OBS"] = (float(t_start[k].utc.mjd), "[d] MJD (UTC) of exposure start")
-            wh = _wcs(cfg, centre_px, float(rot[k]), dxy[k]).to_header()
-            for card in wh.cards:
-                if card.keyword not in h and card.keyword not in ("MJDREF", "DATEREF"):
-                    h.append(card)
-        name = f"raw/sci_{k:04d}.fits"
-        _write(out / name, data, h)
-        sci_files.append(name)
+    ctx = _FrameContext(
+        cfg=cfg,
+        out=out,
+        noise_entropy=noise_entropy,
+        noise_stream=noise_stream,
+        xk=xk,
+        yk=yk,
+        flux_nos=flux_nos,
+        sig_s=sig_s,
+        fwhm=fwhm,
+        airmass=airmass,
+        rot=rot,
+        dxy=dxy,
+        t_start=t_start,
+        flat=flat,
+        dark_e=dark_rate * cfg.exptime,
+        bias_cols=bias_cols,
+        sky_plane=sky_plane,
+        centre_px=centre_px,
+    )
+    for k, (fe, pk, cr) in enumerate(_run_frames(ctx, n, workers)):
+        flux_e[k] = fe
+        peak_adu[k] = pk
+        cosmic_rows.extend(cr)
+        sci_files.append(f"raw/sci_{k:04d}.fits")
+    ix = np.clip(np.rint(xk).astype(int), 0, nx - 1)
+    iy = np.clip(np.rint(yk).astype(int), 0, ny - 1)
+    on = (xk > -0.5) & (xk < nx - 0.5) & (yk > -0.5) & (yk < ny - 0.5)
+    flat_at = np.where(on, flat[iy, ix], np.nan)
+    proj_k = (xk - centre_px[0]) * np.cos(grad_angle) + (yk - centre_px[1]) * np.sin(grad_angle)
+    sky_at = (cfg.sky_zenith * cfg.exptime * airmass)[:, None] * (
+        1.0 + cfg.sky_gradient * proj_k / extent
+    )
     saturated = peak_adu >= cfg.saturation_adu
 
     # --- calibration frames ----------------------------------------------------------------
