@@ -83,6 +83,26 @@ def test_same_seed_identical_bytes_different_seed_differs(night: Truth, tmp_path
     assert c["truth_stars.ecsv"] != a["truth_stars.ecsv"]
 
 
+def test_frame_noise_independent_of_frame_count(tmp_path: Path) -> None:
+    # With every trend over the night switched off, frame 1 is the same whatever the night length.
+    still = {
+        "drift": (0.0, 0.0),
+        "rotation_deg": 0.0,
+        "jitter": 0.0,
+        "clouds": False,
+        "seeing_wiggle": 0.0,
+        "fwhm_end": 3.5,
+        "transit_depth": 0.0,
+        "variable_comp_amp": 0.0,
+        **CAL1,
+    }
+    a = simulate_night(tmp_path / "a", small(n_frames=2, **still))
+    b = simulate_night(tmp_path / "b", small(n_frames=4, **still))
+    name = "raw/sci_0001.fits"
+    assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes()
+    assert np.array_equal(a.star_frames(0)["flux_e"][:2], b.star_frames(0)["flux_e"][:2])
+
+
 def test_noise_seed_keeps_the_field(night: Truth, tmp_path: Path) -> None:
     cfg = small(noise_seed=99, n_frames=3)
     other = simulate_night(tmp_path / "n", cfg)

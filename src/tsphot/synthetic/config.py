@@ -64,6 +64,7 @@ class SimConfig:
     n_comps: int = 8  # comparison stars within (-0.8, +1.0) mag of the target, isolated
     mag_range: tuple[float, float] = (8.0, 17.0)  # field stars, N(<m) proportional to 10^(0.3 m)
     jitter: float = 0.15  # px rms guiding jitter per frame, on top of the drift
+    seeing_wiggle: float = 0.03  # fractional smooth FWHM oscillation on top of the linear trend
     flip_offset: tuple[float, float] = (4.0, -3.0)  # px pointing offset after the flip
     cosmic_rate: float = 5.0  # mean cosmic-ray hits per megapixel per minute of exposure
     period_d: float = 2.15  # orbital period (days); a/Rs follows from the duration

@@ -511,7 +511,7 @@ def simulate_night(
     if cfg.cloud_frame is not None:
         transparency[cfg.cloud_frame] = 0.02
     fwhm = cfg.fwhm_start + (cfg.fwhm_end - cfg.fwhm_start) * frac
-    fwhm = fwhm * (1.0 + 0.03 * np.sin(2 * np.pi * 1.7 * frac + seeing_phase))
+    fwhm = fwhm * (1.0 + cfg.seeing_wiggle * np.sin(2 * np.pi * 1.7 * frac + seeing_phase))
     flipped = (frac >= 0.5) if cfg.meridian_flip else np.zeros(n, bool)
     rot = cfg.rotation_deg * frac + np.where(flipped, 180.0, 0.0)
     dxy = np.outer(frac, cfg.drift) + jitter + np.where(flipped[:, None], cfg.flip_offset, 0.0)
