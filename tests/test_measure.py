@@ -97,3 +97,48 @@ def test_elliptical_area():
     img[20:41, 20:41] = 2.0
     m = measure.measure_stars(img, np.array([30.0]), np.array([30.0]), ap, gain=1.0)
     assert m["flux"][0, 0] == pytest.approx(2.0 * np.pi * 36 * 0.7, rel=1e-6)
+
+
+def test_cosmic_ray_in_aperture_cleaned_and_counted():
+    """A cosmic ray on a star is removed; the star's own core is not mistaken for one."""
+    rng = np.random.default_rng(5)
+    sky, gain = 200.0, 1.5
+    base = gaussian_star((81, 81), 40.2, 39.7, 3e5, 1.5) + sky
+    img = (rng.poisson(base * gain) / gain).astype(np.float32)
+    ap = measure.Apertures((6.0,), (12.0, 20.0))
+    fw = 2.3548 * 1.5
+    clean = measure.measure_stars(
+        img, np.array([40.2]), np.array([39.7]), ap, gain=gain, fwhm=fw, clean_cosmics=True
+    )
+    hit = img.copy()
+    hit[44, 44] += 4000.0  # a one-pixel cosmic ray inside the aperture
+    hit[36, 36:38] += 4000.0  # and a short track
+    m = measure.measure_stars(
+        hit, np.array([40.2]), np.array([39.7]), ap, gain=gain, fwhm=fw, clean_cosmics=True
+    )
+    assert clean["cosmic_pixels"][0] == 0
+    assert m["cosmic_pixels"][0] == 3
+    assert m["flux"][0, 0] == pytest.approx(clean["flux"][0, 0], rel=2e-3)
+
+
+def test_undersampled_star_core_not_flagged():
+    """A sharp (FWHM 1.8 px) but real star keeps every pixel."""
+    rng = np.random.default_rng(2)
+    base = rng.poisson(gaussian_star((61, 61), 30.0, 30.0, 2e5, 0.76) + 100.0).astype(np.float32)
+    ap = measure.Apertures((4.0,), (8.0, 14.0))
+    m = measure.measure_stars(
+        base, np.array([30.0]), np.array([30.0]), ap, 1.0, fwhm=1.8, clean_cosmics=True
+    )
+    assert m["cosmic_pixels"][0] == 0
+
+
+def test_star_centred_on_pixel_corner_not_flagged():
+    """An undersampled star centred between four pixels (a 2×2 core) keeps every pixel."""
+    rng = np.random.default_rng(4)
+    base = rng.poisson(gaussian_star((61, 61), 30.5, 30.5, 5e4, 0.85) + 350.0).astype(np.float32)
+    ap = measure.Apertures((4.0,), (8.0, 14.0))
+    for fw in (2.0, 3.0):
+        m = measure.measure_stars(
+            base, np.array([30.5]), np.array([30.5]), ap, 1.0, fwhm=fw, clean_cosmics=True
+        )
+        assert m["cosmic_pixels"][0] == 0

@@ -72,7 +72,7 @@ def find_sources(
     if max_sources:
         order = order[:max_sources]
     objs = objs[order]
-    fwhm = _fwhm(objs, saturation, float(bkg.globalback))
+    fwhm = _fwhm(objs, sub, saturation, float(bkg.globalback))
     return Sources(
         x=np.asarray(objs["x"], float),
         y=np.asarray(objs["y"], float),
@@ -84,15 +84,28 @@ def find_sources(
     )
 
 
-def _fwhm(objs: np.ndarray, saturation: float | None, back: float) -> float:
+def _fwhm(objs: np.ndarray, sub: np.ndarray, saturation: float | None, back: float) -> float:
+    """Median FWHM (px) of bright, round, unsaturated sources, from their half-maximum area."""
     if len(objs) == 0:
         return float("nan")
     ok = (objs["b"] / np.maximum(objs["a"], 1e-6) > 0.6) & (objs["flag"] == 0)
     if saturation is not None:
         ok &= objs["peak"] + back < 0.8 * saturation
-    use = objs[ok][:50] if ok.sum() >= 3 else objs[:50]
-    # sep's a, b are the second-moment sigmas of the isophote; 2.3548 σ is the Gaussian FWHM.
-    return float(np.median(2.3548 * np.sqrt(use["a"] * use["b"])))
+    use = objs[ok][:30] if ok.sum() >= 3 else objs[:30]
+    # Moments of the isophote underestimate the FWHM of a Moffat; the area above half the
+    # peak is the FWHM's definition: FWHM = 2 sqrt(area / π).
+    half = 7
+    ny, nx = sub.shape
+    out = []
+    for o in use:
+        ix, iy = round(float(o["x"])), round(float(o["y"]))
+        if not (half <= ix < nx - half and half <= iy < ny - half):
+            continue
+        cut = sub[iy - half : iy + half + 1, ix - half : ix + half + 1]
+        peak = cut.max()
+        if peak > 0:
+            out.append(2.0 * np.sqrt(np.count_nonzero(cut >= 0.5 * peak) / np.pi))
+    return float(np.median(out)) if out else float("nan")
 
 
 def fwhm_at(data: np.ndarray, x: np.ndarray, y: np.ndarray, box: int = 15) -> np.ndarray:

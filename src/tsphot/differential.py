@@ -31,6 +31,7 @@ class Curve:
     rel_flux_err: np.ndarray
     valid: np.ndarray
     bjd_tdb: np.ndarray
+    outlier: np.ndarray | None = None  # points flagged as outliers (not in valid)
     rms: float = float("nan")  # of rel_flux over valid points
     median_err: float = float("nan")
     fit: Any = None  # fit.FitResult when a transit or detrending fit was made
@@ -111,6 +112,27 @@ def _robust_p2p(x: np.ndarray) -> float:
         return np.inf
     d = np.diff(x)
     return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
+
+
+def flag_outliers(
+    y: np.ndarray, err: np.ndarray, valid: np.ndarray, sigma: float, half: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Points further than sigma × their error from the median of their 2×half neighbours.
+
+    Returns the flags and each point's deviation in sigma. A running median follows a
+    transit's ingress and egress, so only isolated jumps (cosmic rays, satellites) are flagged.
+    """
+    idx = np.nonzero(valid)[0]
+    dev = np.full(len(y), np.nan)
+    for k, i in enumerate(idx):
+        nb = np.concatenate([idx[max(k - half, 0) : k], idx[k + 1 : k + 1 + half]])
+        if len(nb) < 2:
+            continue
+        med = np.median(y[nb])
+        # error of a median of n points ≈ sqrt(π/2) × the error of their mean
+        e_med = np.sqrt(np.pi / 2) * np.sqrt(np.mean(err[nb] ** 2) / len(nb))
+        dev[i] = (y[i] - med) / np.hypot(err[i], e_med)
+    return np.abs(np.nan_to_num(dev)) > sigma, dev
 
 
 def reduce(
@@ -219,11 +241,13 @@ def reduce(
         ref = np.median(dm[v]) if v.any() else 0.0
         rel = 10 ** (-0.4 * (dm - ref))
         rel_err = rel * de / 1.0857362
+        out, _ = flag_outliers(dm, de, v, settings.outlier_sigma)
+        v = v & ~out
         bjd = np.full(n_f, np.nan)
         if site is not None and o.name in coords:
             fin = np.isfinite(jd)
             bjd[fin] = timing.bjd_tdb(jd[fin], coords[o.name], site)
-        c = Curve(o.name, o.role, dm, de, rel, rel_err, v, bjd)
+        c = Curve(o.name, o.role, dm, de, rel, rel_err, v, bjd, outlier=out)
         if v.sum() > 2:
             c.rms = float(np.std(rel[v]))
             c.median_err = float(np.median(rel_err[v]))
@@ -244,8 +268,6 @@ def _regressors(red: Reduced, results: list, i: int, terms: list[str]) -> dict[s
             regs[term] = np.array([r.fwhm for r in results])
         elif term in ("x", "y"):
             regs[term] = np.array([r.columns[term][i] for r in results])
-        elif term == "time":
-            regs[term] = red.jd_utc - np.nanmean(red.jd_utc)
     return regs
 
 

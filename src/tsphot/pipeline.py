@@ -48,6 +48,7 @@ class Plan:
     centroid_box: int
     max_shift: float
     shape: tuple[int, int]
+    clean_cosmics: bool = False
 
 
 @dataclass
@@ -146,7 +147,15 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         inside = (x >= 0) & (x <= nx - 1) & (y >= 0) & (y <= ny - 1)
         x, y, moved = measure.recentre(data, x, y, plan.centroid_box, plan.max_shift)
         m = measure.measure_stars(
-            data, x, y, plan.apertures, plan.gain, raw=raw, saturation=plan.saturation
+            data,
+            x,
+            y,
+            plan.apertures,
+            plan.gain,
+            raw=raw,
+            saturation=plan.saturation,
+            fwhm=res.fwhm,
+            clean_cosmics=plan.clean_cosmics,
         )
         cols = res.columns
         cols.update({k: m[k] for k in m})
@@ -191,26 +200,35 @@ def _choose_comps(
     src: detect.Sources,
     taken: list[tuple[float, float]],
     shape: tuple[int, int],
+    r_ap: float,
     r_out: float,
+    fwhm: float,
     saturation: float,
     max_comps: int,
 ) -> list[tuple[float, float]]:
     """Pick comparison stars: bright, unsaturated, isolated, away from the edges and the targets."""
     ny, nx = shape
-    margin = r_out + 20
+    # Frames where the annulus later drifts over the edge are flagged per frame (near_edge).
+    margin = r_out + 2
     chosen: list[tuple[float, float]] = []
     xy = np.column_stack([src.x, src.y])
     for i in range(len(src)):
         x, y = src.x[i], src.y[i]
         if not (margin < x < nx - 1 - margin and margin < y < ny - 1 - margin):
             continue
-        if src.peak[i] + src.background > 0.7 * saturation:
+        # seeing changes move the peak, and cameras lose linearity before the ADU limit
+        if src.peak[i] + src.background > 0.85 * saturation:
             continue
         d = np.hypot(xy[:, 0] - x, xy[:, 1] - y)
-        crowd = (d > 0) & (d < r_out) & (src.flux > 0.02 * src.flux[i])
+        # A neighbour near the aperture moves flux in and out as the seeing changes; a bright
+        # one in the annulus biases the sky. Faint ones in the annulus are clipped away.
+        crowd = (d > 0) & (
+            ((d < r_ap + 3 * fwhm) & (src.flux > 0.01 * src.flux[i]))
+            | ((d < r_out) & (src.flux > 0.1 * src.flux[i]))
+        )
         if crowd.any():
             continue
-        if any(np.hypot(x - tx, y - ty) < 2 * r_out for tx, ty in taken + chosen):
+        if any(np.hypot(x - tx, y - ty) < r_ap for tx, ty in taken):  # a target itself
             continue
         chosen.append((float(x), float(y)))
         if len(chosen) >= max_comps:
@@ -316,7 +334,9 @@ def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Pl
     if not settings.comps:
         taken = [(o.x, o.y) for o in objects]
         for k, (x, y) in enumerate(
-            _choose_comps(src, taken, shape, annulus[1], saturation, settings.max_comps)
+            _choose_comps(
+                src, taken, shape, max(radii), annulus[1], fwhm, saturation, settings.max_comps
+            )
         ):
             objects.append(PlanObject(f"C{k + 1}", "comp", x, y))
         notes["comps_chosen"] = "automatically from the reference frame"
@@ -337,6 +357,7 @@ def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Pl
         centroid_box=settings.centroid_box,
         max_shift=settings.max_shift,
         shape=shape,
+        clean_cosmics=settings.clean_cosmics,
     )
     notes["reference_header"] = ref_header
     return plan, notes

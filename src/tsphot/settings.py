@@ -91,11 +91,20 @@ class Settings(BaseModel):
     centroid_box: int = Field(11, ge=5, description="centroid search box (px)")
     max_shift: float = Field(3.0, gt=0, description="largest centroid shift from prediction (px)")
     detect_sigma: float = Field(5.0, gt=0, description="source detection threshold (sigma)")
+    clean_cosmics: bool = Field(
+        False,
+        description="replace cosmic-ray pixels inside apertures (for well-sampled PSFs; "
+        "undersampled stars can lose core pixels)",
+    )
+    outlier_sigma: float = Field(
+        5.0, gt=0, description="flag light-curve points this many sigma from their neighbours"
+    )
     time_keyword_is: Literal["start", "mid", "end"] = "start"
     transit: TransitSpec | None = None
     detrend: list[str] = Field(
         default_factory=lambda: ["airmass"],
-        description="candidate detrending terms (airmass, sky, fwhm, x, y, time); BIC chooses",
+        description="candidate detrending terms (airmass, sky, fwhm, x, y); BIC chooses; a "
+        "linear trend in time is always a candidate",
     )
     executor: Literal["serial", "processes"] = "processes"
     workers: int | None = Field(None, ge=1)

@@ -172,9 +172,10 @@ def lightcurve_table(name: str, red: Any, frames: list[FrameInfo], results: list
     t["sky"] = np.array([r.sky_level for r in results]) * u.adu
     t["file"] = [Path(f.path).name for f in frames]
     t["valid"] = c.valid
+    outlier = c.outlier if c.outlier is not None else np.zeros(len(t), bool)
     t["status"] = [
-        "ok" if v else (r.status if r.status != "ok" else "excluded")
-        for v, r in zip(c.valid, results, strict=True)
+        "ok" if v else ("outlier" if o else (r.status if r.status != "ok" else "excluded"))
+        for v, o, r in zip(c.valid, outlier, results, strict=True)
     ]
     if c.fit is not None:
         model = np.full(len(t), np.nan)
@@ -239,6 +240,9 @@ def run_record(
         entry: dict[str, Any] = {
             "role": c.role,
             "frames_measured": int(c.valid.sum()),
+            "outlier_frames": [int(i) for i in np.nonzero(c.outlier)[0]]
+            if c.outlier is not None
+            else [],
             "rms_rel_flux": c.rms,
             "median_err_rel_flux": c.median_err,
             "coord_source": notes.get("coord_source", {}).get(name),
