@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--gain", type=float, help="e-/ADU (overrides the header)")
     r.add_argument("--read-noise", type=float, help="e- (overrides the header)")
     r.add_argument("--saturation", type=float, help="ADU (overrides the header)")
+    r.add_argument(
+        "--min-transparency",
+        type=float,
+        help="leave out frames under thicker cloud than this fraction of median flux (0.3)",
+    )
+    r.add_argument("--outlier-sigma", type=float, help="flag points this many sigma off (5)")
     r.add_argument("--executor", choices=["serial", "processes"])
     r.add_argument("--workers", type=int)
     r.add_argument("--quiet", action="store_true", help="no progress output")
@@ -126,6 +132,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
         "gain": a.gain,
         "read_noise": a.read_noise,
         "saturation": a.saturation,
+        "min_transparency": a.min_transparency,
+        "outlier_sigma": a.outlier_sigma,
         "executor": a.executor,
         "workers": a.workers,
         "quiet": a.quiet or None,

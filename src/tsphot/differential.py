@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,8 @@ class Reduced:
     mag_err: np.ndarray  # CCD ⊕ scintillation
     valid: np.ndarray  # [frame, obj]
     scint: np.ndarray  # fractional scintillation sigma per frame
+    transparency: np.ndarray  # ensemble flux relative to the night's median, per frame
+    cloudy: np.ndarray  # frames left out for thick cloud (transparency < min_transparency)
     ensemble: ensemble.EnsembleResult
     comp_index: np.ndarray  # object indices of the comparison candidates
     curves: dict[str, Curve] = field(default_factory=dict)
@@ -173,8 +176,12 @@ def reduce(
             notes["assumed"].append(f"telescope aperture {diameter} m ({prof} profile)")
     altitude = float(site.height.to_value("m")) if site is not None else 0.0
     if diameter is not None and np.isfinite(airmass).any():
+        # frames that could not be read have no airmass or exposure time: give them a
+        # placeholder here; they carry no measurement, so the value is never used
         am_fill = np.where(np.isfinite(airmass), airmass, np.nanmedian(airmass))
-        scint = np.asarray(noise.scintillation_sigma(diameter, am_fill, exptime, altitude), float)
+        t_fill = np.where(exptime > 0, exptime, np.nanmedian(exptime[exptime > 0]))
+        scint = np.asarray(noise.scintillation_sigma(diameter, am_fill, t_fill, altitude), float)
+        scint[~frame_ok] = np.nan
         notes["scintillation"] = (
             f"Young (1967) × 1.5 (Osborn et al. 2015), D = {diameter} m, h = {altitude:.0f} m"
         )
@@ -213,6 +220,18 @@ def reduce(
     best = min(scatter, key=lambda r: scatter[r])
     k = plan.apertures.radii.index(best)
     flux, ferr, mag, mag_err, valid, ens = solved[k]
+    with np.errstate(invalid="ignore"):
+        transparency = 10 ** (-0.4 * (ens.offset - np.nanmedian(ens.offset)))
+        cloudy = transparency < settings.min_transparency
+    if cloudy.any():
+        files = [os.path.basename(frames[i].path) for i in np.nonzero(cloudy)[0]]
+        log.warning(
+            "%d frame(s) under thick cloud left out of the light curves (comparison flux below "
+            "%.0f%% of the night's median; --min-transparency): %s",
+            len(files),
+            100 * settings.min_transparency,
+            ", ".join(files[:10]) + (" …" if len(files) > 10 else ""),
+        )
 
     red = Reduced(
         radius_index=k,
@@ -229,6 +248,8 @@ def reduce(
         mag_err=mag_err,
         valid=valid,
         scint=scint,
+        transparency=transparency,
+        cloudy=cloudy,
         ensemble=ens,
         comp_index=comp_idx,
         notes=notes,
@@ -237,7 +258,7 @@ def reduce(
         if o.role == "comp":
             continue
         dm, de = ensemble.differential(mag[:, i], mag_err[:, i], ens)
-        v = valid[:, i] & np.isfinite(dm) & np.isfinite(de)
+        v = valid[:, i] & np.isfinite(dm) & np.isfinite(de) & ~cloudy
         ref = np.median(dm[v]) if v.any() else 0.0
         rel = 10 ** (-0.4 * (dm - ref))
         rel_err = rel * de / 1.0857362

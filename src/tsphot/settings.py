@@ -99,6 +99,13 @@ class Settings(BaseModel):
     outlier_sigma: float = Field(
         5.0, gt=0, description="flag light-curve points this many sigma from their neighbours"
     )
+    min_transparency: float = Field(
+        0.3,
+        ge=0,
+        lt=1,
+        description="leave out frames whose comparison stars give less than this fraction of "
+        "the night's median flux (thick cloud); 0 keeps them all",
+    )
     time_keyword_is: Literal["start", "mid", "end"] = "start"
     transit: TransitSpec | None = None
     detrend: list[str] = Field(

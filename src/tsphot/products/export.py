@@ -168,14 +168,23 @@ def lightcurve_table(name: str, red: Any, frames: list[FrameInfo], results: list
     t["ens_offset_err"] = ens.offset_err * u.mag
     t["ens_n_stars"] = ens.n_used_per_frame
     t["scintillation"] = red.scint
+    t["transparency"] = red.transparency
     t["fwhm"] = np.array([r.fwhm for r in results]) * u.pix
     t["sky"] = np.array([r.sky_level for r in results]) * u.adu
     t["file"] = [Path(f.path).name for f in frames]
     t["valid"] = c.valid
     outlier = c.outlier if c.outlier is not None else np.zeros(len(t), bool)
     t["status"] = [
-        "ok" if v else ("outlier" if o else (r.status if r.status != "ok" else "excluded"))
-        for v, o, r in zip(c.valid, outlier, results, strict=True)
+        "ok"
+        if v
+        else "outlier"
+        if o
+        else r.status
+        if r.status != "ok"
+        else "cloud"
+        if cl
+        else "excluded"
+        for v, o, r, cl in zip(c.valid, outlier, results, red.cloudy, strict=True)
     ]
     if c.fit is not None:
         model = np.full(len(t), np.nan)
