@@ -40,7 +40,7 @@ def bad_run(night):
 
 
 def test_every_bad_file_named_with_its_problem(bad_run):
-    out, summary = bad_run
+    _, summary = bad_run
     bad = {k.split("/")[-1]: v for k, v in summary["frames_bad"].items()}
     assert "missing_0099.fits" in bad and "not found" in bad["missing_0099.fits"]
     assert "sci_notfits.fits" in bad and "not a readable FITS" in bad["sci_notfits.fits"]
