@@ -1,5 +1,7 @@
 """Ingest: header normalisation per camera convention, ordering, and bad files named."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -121,3 +123,150 @@ def test_expand_inputs(tmp_path):
     assert ingest.expand_inputs([str(tmp_path / "*.fit")]) == [str(tmp_path / "b.fit")]
     with pytest.raises(InputError, match="matches no file"):
         ingest.expand_inputs([str(tmp_path / "*.xyz")])
+
+
+def test_maxim_dl_header(tmp_path):
+    """MaxIm DL (ASCOM): EGAIN, DATAMAX, sexagesimal SITELONG east-positive, 'Flat Frame'."""
+    p = _write(
+        tmp_path / "mx.fits",
+        {
+            "SWCREATE": "MaxIm DL Version 6.16 171024 1ADS1",
+            "IMAGETYP": "Flat Frame",
+            "DATE-OBS": "2019-05-04T03:12:45.12",
+            "EXPTIME": 2.5,
+            "EXPOSURE": 2.5,
+            "EGAIN": 1.35,
+            "DATAMAX": 60000,
+            "CCD-TEMP": -24.8,
+            "SET-TEMP": -25.0,
+            "XBINNING": 2,
+            "YBINNING": 2,
+            "FILTER": "V",
+            "SITELAT": "+31 40 48",
+            "SITELONG": "-110 52 48",
+            "PEDESTAL": 0,
+        },
+    )
+    info = ingest.read_header(p)
+    assert info.profile == "maxim"
+    assert info.kind == "flat"
+    assert (info.gain, info.saturation, info.binning) == (1.35, 60000.0, (2, 2))
+    assert info.ccd_temp == -25.0  # the set point groups frames better than the measured one
+    assert info.site[:2] == pytest.approx((31.68, -110.88), abs=1e-6)
+    assert info.jd_utc_mid == pytest.approx(
+        2458607.5 + (3 * 3600 + 12 * 60 + 46.37) / 86400, abs=1e-9
+    )
+
+
+def test_sbig_ccdops_header(tmp_path):
+    """SBIG CCDOps: date and time in two keywords, PICTTYPE but no IMAGETYP, EGAIN, PEDESTAL."""
+    p = _write(
+        tmp_path / "sb.fits",
+        {
+            "SWCREATE": "SBIG CCDOps Version 5.55 NE",
+            "DATE-OBS": "2005-03-11",
+            "TIME-OBS": "04:05:06.00",
+            "EXPTIME": 120.0,
+            "PICTTYPE": 3,
+            "EGAIN": 2.3,
+            "PEDESTAL": -100,
+            "CCD-TEMP": -15.2,
+            "XBINNING": 1,
+            "YBINNING": 1,
+        },
+        data=np.full((20, 30), 1100, np.uint16),
+    )
+    info = ingest.read_header(p)
+    assert info.profile == "sbig"
+    assert info.kind == "dark"
+    assert info.gain == 2.3 and info.ccd_temp == -15.2
+    assert info.jd_utc_mid == pytest.approx(2453440.5 + (4 * 3600 + 5 * 60 + 66) / 86400, abs=1e-9)
+    data, _ = ingest.read_pixels(p, info.pedestal)
+    assert float(data[0, 0]) == 1000.0
+
+
+def test_nina_camera_gain_setting_is_not_electrons_per_adu(tmp_path):
+    """N.I.N.A. writes GAIN as the camera's gain setting (139) and EGAIN as e-/ADU."""
+    cards = {
+        "SWCREATE": "N.I.N.A. 2.1.0.9001 (x64)",
+        "IMAGETYP": "LIGHT",
+        "EXPOSURE": 30.0,
+        "EXPTIME": 30.0,
+        "DATE-LOC": "2024-03-01T02:00:00.000",
+        "DATE-OBS": "2024-03-01T09:00:00.000",
+        "GAIN": 139,
+        "OFFSET": 21,
+        "EGAIN": 0.25,
+        "CCD-TEMP": -10.1,
+        "SET-TEMP": -10.0,
+        "SITELAT": 31.68,
+        "SITELONG": -110.88,
+        "SITEELEV": 2300.0,
+    }
+    info = ingest.read_header(_write(tmp_path / "n1.fits", cards))
+    assert info.profile == "nina"
+    assert info.kind == "light"
+    assert info.gain == 0.25
+    assert info.jd_utc_mid == pytest.approx(2460370.5 + (9 * 3600 + 15) / 86400, abs=1e-9)
+    assert info.site == (31.68, -110.88, 2300.0)
+    del cards["EGAIN"]
+    info = ingest.read_header(_write(tmp_path / "n2.fits", cards))
+    assert info.gain is None  # never 139 e-/ADU
+
+
+def test_profile_can_be_forced(tmp_path):
+    """A header without a creator keyword read with a named profile (positive-west longitude)."""
+    p = _write(
+        tmp_path / "f.fits",
+        {"DATE-OBS": "2020-01-01T00:00:00", "EXPTIME": 1.0, "SITELAT": 42.61, "SITELONG": 71.485},
+    )
+    assert ingest.read_header(p).site[1] == pytest.approx(71.485)
+    assert ingest.read_header(p, {"profile": "theskyx"}).site[1] == pytest.approx(-71.485)
+
+
+@pytest.mark.parametrize(
+    ("imagetyp", "picttype", "kind"),
+    [
+        ("Bias Frame", None, "bias"),
+        ("BIAS", None, "bias"),
+        ("Zero", None, "bias"),
+        ("zero", None, "bias"),
+        ("Dark Frame", None, "dark"),
+        ("DARK", None, "dark"),
+        ("Flat Field", None, "flat"),
+        ("Flat Frame", None, "flat"),
+        ("FLAT", None, "flat"),
+        ("SKYFLAT", None, "flat"),
+        ("DARKFLAT", None, "darkflat"),
+        ("Light Frame", None, "light"),
+        ("LIGHT", None, "light"),
+        ("object", None, "light"),
+        ("", 2, "bias"),
+        ("", 4, "flat"),
+        ("", None, ""),
+        ("focus", None, ""),
+    ],
+)
+def test_frame_kind_variants(imagetyp, picttype, kind):
+    assert ingest.frame_kind(imagetyp, picttype) == kind
+
+
+WALLACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "asteroid2713-wallace"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not WALLACE.is_dir(), reason=f"real data not present at {WALLACE}")
+def test_real_wallace_header_profile():
+    """The real TheSkyX headers of the Wallace nights: kind, PEDESTAL, gain, west longitude."""
+    root = WALLACE
+    bias = next(root.glob("20181012p3/*Bias*.fits.gz"))
+    dark = next(root.glob("20181017p3/*Dark*.fits.gz"))
+    light = next(root.glob("20181012p3/*Light*.fits.gz"))
+    b, d, li = (ingest.read_header(str(p)) for p in (bias, dark, light))
+    assert (b.kind, d.kind, li.kind) == ("bias", "dark", "light")
+    assert b.profile == "theskyx" and b.exptime == 0.0  # named "180.000secs" but EXPTIME 0
+    assert d.exptime == 240.0 and li.exptime == 180.0
+    assert b.pedestal == -100 and b.gain == 2.07
+    assert li.site[0] == pytest.approx(42.61, abs=1e-3)
+    assert li.site[1] == pytest.approx(-71.485, abs=1e-3)  # SITELONG +71 29 06 is west
+    assert li.ccd_temp == pytest.approx(-20.2, abs=0.05)  # SET-TEMP

@@ -38,7 +38,22 @@ DEFAULT_KEYWORDS: dict[str, tuple[str, ...]] = {
     "ybin": ("YBINNING", "CCDYBIN", "BINY"),
     "ccd_temp": ("CCD-TEMP", "CCDTEMP", "CAMTEMP"),
     "aperture_diameter": ("APTDIA",),
+    "set_temp": ("SET-TEMP", "SETTEMP"),
+    "picttype": ("PICTTYPE",),
 }
+
+# IMAGETYP values as camera software writes them, lower-cased, to the kind of frame.
+# MaxIm DL: 'Light Frame', 'Bias Frame', 'Dark Frame', 'Flat Frame'; TheSkyX/SBIG:
+# 'Flat Field'; N.I.N.A.: 'LIGHT', 'BIAS', 'DARK', 'FLAT', 'DARKFLAT'; IRAF: 'zero', 'object'.
+_KIND_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("darkflat", ("dark flat", "darkflat", "flat dark", "flatdark", "flat-dark", "dark-flat")),
+    ("bias", ("bias", "zero", "offset")),
+    ("dark", ("dark",)),
+    ("flat", ("flat", "sky flat", "dome flat", "twilight")),
+    ("light", ("light", "object", "science", "target", "snapshot", "tricolor")),
+)
+# SBIG PICTTYPE: 0 unknown, 1 light, 2 bias, 3 dark, 4 flat.
+_PICTTYPE = {1: "light", 2: "bias", 3: "dark", 4: "flat"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,7 @@ class Profile:
     name: str
     keywords: dict[str, tuple[str, ...]] = field(default_factory=dict)
     lon_west_positive: bool = False
+    ignore: tuple[str, ...] = ()  # keywords this software writes with another meaning
     time_is: str = "start"
     default_gain: float | None = None
     default_read_noise: float | None = None
@@ -55,13 +71,32 @@ class Profile:
 
     def keys(self, what: str) -> tuple[str, ...]:
         """Header keywords holding one quantity, this profile's first."""
-        return self.keywords.get(what, ()) + DEFAULT_KEYWORDS.get(what, ())
+        keys = self.keywords.get(what, ()) + DEFAULT_KEYWORDS.get(what, ())
+        return tuple(k for k in keys if k not in self.ignore)
 
 
 PROFILES: dict[str, Profile] = {
     "generic": Profile("generic"),
-    # TheSkyX / SBIG writes SITELONG positive west and EGAIN (see the Wallace data README).
-    "theskyx": Profile("theskyx", lon_west_positive=True),
+    # TheSkyX (SBIGFITSEXT keywords) writes SITELONG positive west, EGAIN, PEDESTAL and
+    # PICTTYPE (the Wallace data README and its headers).
+    "theskyx": Profile("theskyx", keywords={"gain": ("EGAIN",)}, lon_west_positive=True),
+    # MaxIm DL (ASCOM): IMAGETYP 'Light Frame' ... 'Flat Frame', EGAIN in e-/ADU, DATAMAX as the
+    # saturation level, SITELONG sexagesimal from the ASCOM telescope (east positive).
+    "maxim": Profile(
+        "maxim",
+        keywords={"gain": ("EGAIN",), "saturation": ("DATAMAX", "SATURATE")},
+    ),
+    # SBIG CCDOps / SBIG driver: SBIGFITSEXT keywords, EGAIN, PICTTYPE, PEDESTAL; older versions
+    # split the date into DATE-OBS (day) and TIME-OBS.
+    "sbig": Profile("sbig", keywords={"gain": ("EGAIN",)}),
+    # N.I.N.A.: GAIN is the camera's gain *setting* (e.g. 139 on a ZWO), not e-/ADU; EGAIN is
+    # e-/ADU when the driver knows it. IMAGETYP 'LIGHT'/'DARK'/'BIAS'/'FLAT'; SITELONG decimal,
+    # east positive.
+    "nina": Profile(
+        "nina",
+        keywords={"gain": ("EGAIN",), "date_obs": ("DATE-OBS", "DATE-UTC")},
+        ignore=("GAIN", "DATE-LOC"),
+    ),
     # MicroObservatory: DATE-OBS is local time with offset, LONGITUD unsigned west, no gain.
     "microobservatory": Profile(
         "microobservatory",
@@ -73,13 +108,32 @@ PROFILES: dict[str, Profile] = {
 
 
 def detect_profile(header: fits.Header) -> Profile:
-    """Choose the instrument profile that matches a header."""
-    creator = str(header.get("CREATOR", "")) + str(header.get("SWCREATE", ""))
-    if "MicroObservatory" in creator:
+    """Choose the instrument profile that matches a header (CREATOR / SWCREATE)."""
+    creator = str(header.get("CREATOR", "")) + " " + str(header.get("SWCREATE", ""))
+    low = creator.lower()
+    if "microobservatory" in low:
         return PROFILES["microobservatory"]
-    if "TheSkyX" in creator or "TheSky" in str(header.get("SWCREATE", "")):
+    if "theskyx" in low or "thesky" in low:
         return PROFILES["theskyx"]
+    if "maxim" in low:
+        return PROFILES["maxim"]
+    if "n.i.n.a" in low or low.split()[:1] == ["nina"]:
+        return PROFILES["nina"]
+    if "ccdops" in low or "sbig" in low:
+        return PROFILES["sbig"]
     return PROFILES["generic"]
+
+
+def frame_kind(imagetyp: Any, picttype: Any = None) -> str:
+    """Kind of frame from IMAGETYP (or SBIG PICTTYPE): bias, dark, flat, darkflat, light or ''."""
+    text = " ".join(str(imagetyp or "").lower().replace("_", " ").split())
+    for kind, words in _KIND_WORDS:
+        if any(w in text for w in words):
+            return kind
+    try:
+        return _PICTTYPE.get(int(picttype), "")
+    except (TypeError, ValueError):
+        return ""
 
 
 @dataclass
@@ -105,6 +159,9 @@ class FrameInfo:
     ra_dec: tuple[float, float] | None = None
     airmass: float | None = None
     binning: tuple[int, int] = (1, 1)
+    kind: str = ""  # bias, dark, flat, darkflat, light or '' (from IMAGETYP / PICTTYPE)
+    ccd_temp: float | None = None  # deg C: the set point if given, else the measured one
+    sections: dict[str, str] = field(default_factory=dict)  # BIASSEC, DATASEC, TRIMSEC
     has_wcs: bool = False
     profile: str = "generic"
     assumed: list[str] = field(default_factory=list)
@@ -187,7 +244,8 @@ def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo
         info.status = "bad_file"
         info.reason = f"{path}: not a readable FITS file ({exc}); check the file or remove it"
         return info
-    profile = detect_profile(header)
+    named = overrides.get("profile")
+    profile = PROFILES[named] if named in PROFILES else detect_profile(header)
     info.profile = profile.name
 
     k, v = _first(header, profile.keys("exptime"))
@@ -246,6 +304,18 @@ def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo
     _, xb = _first(header, profile.keys("xbin"))
     _, yb = _first(header, profile.keys("ybin"))
     info.binning = (int(xb or 1), int(yb or 1))
+    info.kind = frame_kind(info.imagetyp, _first(header, profile.keys("picttype"))[1])
+    for what in ("set_temp", "ccd_temp"):
+        _, t = _first(header, profile.keys(what))
+        try:
+            info.ccd_temp = float(t) if t is not None else None
+        except (TypeError, ValueError):
+            info.ccd_temp = None
+        if info.ccd_temp is not None:
+            break
+    for sec in ("BIASSEC", "DATASEC", "TRIMSEC"):
+        if isinstance(header.get(sec), str) and header[sec].strip():
+            info.sections[sec] = header[sec].strip()
 
     try:
         _, lat = _first(header, profile.keys("site_lat"))
