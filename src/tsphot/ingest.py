@@ -374,7 +374,11 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
 
 def ingest(paths: list[str], overrides: dict[str, Any] | None = None) -> list[FrameInfo]:
     """Read every exposure's header; return them sorted by mid-exposure time, bad ones last."""
-    infos = [read_header(p, overrides) for p in paths]
+    return order_frames([read_header(p, overrides) for p in paths])
+
+
+def order_frames(infos: list[FrameInfo]) -> list[FrameInfo]:
+    """Sort headers already read by mid-exposure time, mark odd sizes and duplicates, index."""
     good = [i for i in infos if i.status == "ok"]
     bad = [i for i in infos if i.status != "ok"]
     good.sort(key=lambda i: i.jd_utc_mid)

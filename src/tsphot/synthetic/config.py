@@ -25,6 +25,8 @@ class SimConfig:
     bias_column_amp: float = 3.0  # ADU rms of the fixed, zero-mean column pattern
     dark_current: float = 0.05  # e-/s/pixel
     n_hot_pixels: int = 200  # fixed positions, 2-300 e-/s (log-uniform)
+    n_dead_pixels: int = 0  # flat response 0-0.3 of their neighbours' (own random stream)
+    n_unstable_pixels: int = 0  # two-level (telegraph) pixels: +60-300 e- in a random half
     sky_zenith: float = 150.0  # e-/s/pixel at airmass 1; proportional to airmass; linear gradient
     sky_gradient: float = 0.1  # fractional change across the frame
     flat_vignetting: float = 0.15  # fractional falloff to the corners

@@ -25,6 +25,7 @@ files.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -59,7 +60,7 @@ __all__ = ["simulate_night"]
 
 LD_COEFFS = (0.4, 0.25)
 # Streams of the seed sequence (spawn keys).
-_FIELD, _INSTRUMENT, _WEATHER, _CALIB, _SCIENCE = range(5)
+_FIELD, _INSTRUMENT, _WEATHER, _CALIB, _SCIENCE, _DEFECTS = range(6)
 
 
 def _configure_offline() -> None:
@@ -220,6 +221,41 @@ def _bias_columns(cfg: SimConfig, rng: np.random.Generator) -> np.ndarray:
     return cfg.bias_level + pat
 
 
+def _defects(
+    cfg: SimConfig, hot_idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Dead pixels (index, flat response) and unstable pixels (index, jump in e-), not hot ones.
+
+    They come from their own random stream, so turning them on changes no other draw.
+    """
+    nx, ny = cfg.size
+    n_dead, n_unst = cfg.n_dead_pixels, cfg.n_unstable_pixels
+    if n_dead + n_unst == 0:
+        empty = np.zeros(0, int)
+        return empty, np.zeros(0), empty, np.zeros(0)
+    rng = _rng(cfg.seed, _DEFECTS)
+    free = np.setdiff1d(np.arange(nx * ny), hot_idx)
+    idx = rng.choice(free, size=min(n_dead + n_unst, free.size), replace=False)
+    dead, unst = idx[:n_dead], idx[n_dead:]
+    return dead, rng.uniform(0.0, 0.3, dead.size), unst, rng.uniform(60.0, 300.0, unst.size)
+
+
+def _with_unstable(
+    model_e: np.ndarray,
+    unst_idx: np.ndarray,
+    unst_amp: np.ndarray,
+    entropy: int,
+    *key: int,
+) -> np.ndarray:
+    """Expected electrons plus each unstable pixel's jump, on in a random half of exposures."""
+    if unst_idx.size == 0:
+        return model_e
+    on = _rng(entropy, _DEFECTS, *key).random(unst_idx.size) < 0.5
+    out = model_e.copy()
+    out.flat[unst_idx] += np.where(on, unst_amp, 0.0)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Pixels
 
@@ -356,6 +392,8 @@ class _FrameContext:
     bias_cols: np.ndarray
     sky_plane: np.ndarray
     centre_px: tuple[float, float]
+    unst_idx: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
+    unst_amp: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
 
 _CTX: _FrameContext | None = None  # set in the parent before forking workers
@@ -384,6 +422,9 @@ def _science_frame(
         peak[i] = (model[ya:yb, xa:xb] / cfg.gain + ctx.bias_cols[None, xa:xb]).max()
     cos = _cosmics(cfg, nrng, cfg.exptime)
     cosmic_rows = [(k, int(cx), int(cy), float(ce)) for cx, cy, ce in zip(*cos, strict=True)]
+    model = _with_unstable(
+        model, ctx.unst_idx, ctx.unst_amp, ctx.noise_entropy, _SCIENCE, ctx.noise_stream, k
+    )
     data = _expose(cfg, model, ctx.bias_cols, nrng, cos)
     t_start = ctx.t_start[k]
     h = _header(cfg, "Light Frame", t_start, cfg.exptime)
@@ -488,6 +529,9 @@ def simulate_night(
     hot_rate = np.exp(irng.uniform(np.log(2.0), np.log(300.0), hot_idx.size))
     dark_rate = np.full((ny, nx), cfg.dark_current)
     dark_rate.flat[hot_idx] += hot_rate
+    dead_idx, dead_resp, unst_idx, unst_amp = _defects(cfg, hot_idx)
+    if dead_idx.size:
+        flat.flat[dead_idx] *= dead_resp
 
     # --- weather and pointing --------------------------------------------------------------
     wrng = _rng(cfg.seed, _WEATHER)
@@ -570,6 +614,8 @@ def simulate_night(
         bias_cols=bias_cols,
         sky_plane=sky_plane,
         centre_px=centre_px,
+        unst_idx=unst_idx,
+        unst_amp=unst_amp,
     )
     for k, (fe, pk, cr) in enumerate(_run_frames(ctx, n, workers)):
         flux_e[k] = fe
@@ -592,14 +638,19 @@ def simulate_night(
     zero = np.zeros((ny, nx))
     for i in range(cfg.n_bias):
         nrng = _rng(noise_entropy, _CALIB, noise_stream, 0, i)
-        data = _expose(cfg, zero, bias_cols, nrng, None)
+        model = _with_unstable(zero, unst_idx, unst_amp, noise_entropy, _CALIB, noise_stream, 0, i)
+        data = _expose(cfg, model, bias_cols, nrng, None)
         name = f"raw/bias_{i:03d}.fits"
         _write(out / name, data, _header(cfg, "Bias Frame", t_end + (600 + 5 * i) * u.s, 0.0))
         cal_files["bias"].append(name)
     for i in range(cfg.n_dark):
         nrng = _rng(noise_entropy, _CALIB, noise_stream, 1, i)
         tt = t_end + (900 + (cfg.exptime + 5) * i) * u.s
-        data = _expose(cfg, dark_e, bias_cols, nrng, _cosmics(cfg, nrng, cfg.exptime))
+        cos = _cosmics(cfg, nrng, cfg.exptime)
+        model = _with_unstable(
+            dark_e, unst_idx, unst_amp, noise_entropy, _CALIB, noise_stream, 1, i
+        )
+        data = _expose(cfg, model, bias_cols, nrng, cos)
         name = f"raw/dark_{i:03d}.fits"
         _write(out / name, data, _header(cfg, "Dark Frame", tt, cfg.exptime))
         cal_files["dark"].append(name)
@@ -611,6 +662,7 @@ def simulate_night(
         model = level * flat + dark_rate * cfg.flat_exptime
         tt = t0 - (3600 - 30 * i) * u.s
         cos = _cosmics(cfg, nrng, cfg.flat_exptime)
+        model = _with_unstable(model, unst_idx, unst_amp, noise_entropy, _CALIB, noise_stream, 2, i)
         data = _expose(cfg, model, bias_cols, nrng, cos)
         h = _header(cfg, "Flat Field", tt, cfg.flat_exptime)
         name = f"raw/flat_{i:03d}.fits"
@@ -800,6 +852,18 @@ def simulate_night(
             "x": (hot_idx % nx).tolist(),
             "y": (hot_idx // nx).tolist(),
             "rate_e_per_s": hot_rate.tolist(),
+        },
+        "dead_pixels": {
+            "x": (dead_idx % nx).tolist(),
+            "y": (dead_idx // nx).tolist(),
+            "response": dead_resp.tolist(),
+            "note": "the pixel's flat value is multiplied by its response (FLAT in truth_maps)",
+        },
+        "unstable_pixels": {
+            "x": (unst_idx % nx).tolist(),
+            "y": (unst_idx // nx).tolist(),
+            "jump_e": unst_amp.tolist(),
+            "note": "jump_e electrons added in a random half of all exposures (two-level noise)",
         },
         "noise": {
             "poisson_exact_below": cfg.poisson_exact_below,
