@@ -9,8 +9,11 @@ from tsphot.noise import (
     MAG_PER_FRAC,
     ccd_sigma,
     ccd_terms,
+    gain_from_scatter,
     mag_err_from_flux,
     mag_from_flux,
+    rescale_gain,
+    robust_white_var,
     scintillation_sigma,
     total_sigma,
 )
@@ -102,3 +105,43 @@ def test_magnitudes() -> None:
     exact = (mag_from_flux(f - s, 1.0) - mag_from_flux(f + s, 1.0)) / 2
     assert mag_err_from_flux(f, s) == pytest.approx(exact, rel=1e-5)
     assert np.isnan(mag_err_from_flux(0.0, 1.0))
+
+
+def test_robust_white_var_ignores_trends_and_outliers() -> None:
+    rng = np.random.default_rng(3)
+    n = 4000
+    x = rng.normal(0.0, 2e-3, n) + np.linspace(0.0, 0.05, n)  # white noise on a slow ramp
+    x[::97] += 0.05  # outliers
+    # MAD estimator: relative standard error about 1.65 / sqrt(2 n) -> 2 % here; 4 sigma
+    assert robust_white_var(x) == pytest.approx(4e-6, rel=0.08)
+    assert np.isnan(robust_white_var([1.0, 2.0, np.nan]))
+
+
+def test_gain_from_scatter_recovers_a_known_gain() -> None:
+    rng = np.random.default_rng(5)
+    true_gain = 3.2
+    adu = rng.uniform(500.0, 50000.0, 40)  # stars from faint to bright (ADU per frame)
+    p_unit = 1.0 / adu
+    other = np.full(40, 1e-6) + 5e-3 / adu**1.5  # background and scintillation, known
+    n_frames = 300
+    # each star's measured variance scatters like a chi2 with n-1 degrees of freedom
+    true_var = p_unit / true_gain + other
+    ach = true_var * rng.chisquare(n_frames - 1, 40) / (n_frames - 1)
+    ach[:3] *= 5.0  # three blended or variable stars
+    gain, err, per_star = gain_from_scatter(ach, p_unit, other)
+    assert per_star.shape == (40,)
+    assert abs(gain - true_gain) < 3 * err
+    assert gain == pytest.approx(true_gain, rel=0.1)
+    assert 0 < err < 0.1 * true_gain
+
+
+def test_rescale_gain_restates_photon_and_background_terms() -> None:
+    flux1 = np.array([10000.0, 2500.0, -50.0])  # e- at 1 e-/ADU
+    background1 = np.array([400.0, 400.0, 400.0])  # e-² at 1 e-/ADU (the annulus, in ADU²)
+    err1 = np.sqrt(np.clip(flux1, 0, None) + background1)
+    flux4, err4 = rescale_gain(flux1, err1, 4.0)
+    np.testing.assert_allclose(flux4, 4.0 * flux1)
+    # at 4 e-/ADU: photon variance 4 × flux_ADU, background 16 × its ADU² value
+    np.testing.assert_allclose(err4, np.sqrt(4.0 * np.clip(flux1, 0, None) + 16.0 * background1))
+    # the fractional photon error falls as 1/sqrt(gain)
+    assert err4[0] / flux4[0] < err1[0] / flux1[0]

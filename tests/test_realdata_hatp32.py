@@ -20,6 +20,7 @@ pytestmark = [
 # predicted mid-transit this night 2458107.71129 BJD_TDB.
 PREDICTED_T0 = 2458107.71129
 PUBLISHED_SCATTER = 0.0054  # EXOTIC's residual scatter for these frames
+TARGET_SCATTER = 0.0048  # what tsphot must reach (the goal; a quick ensemble: ~0.50 %)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,10 @@ def hat_run(tmp_path_factory):
         targets=[
             ObjectSpec(name="HAT-P-32", x=423.2, y=286.0, ra="02:04:10.278", dec="+46:41:16.21")
         ],
-        radii=[3.0, 3.5, 4.0, 4.5, 5.0],
-        annulus=(8.0, 14.0),
+        # no --comp: the comparison ensemble is chosen from the field; no --gain: the headers
+        # carry none, so it is estimated from the stars
+        radii=[2.75, 3.0, 3.25, 3.5, 3.75, 4.0, 4.25],
+        annulus=(9.0, 16.0),
         site=(31.675467, -110.951376, 1268.0),
         transit=TransitSpec(
             t0=PREDICTED_T0, period=2.1500082, rp=0.1489, a=5.344, inc=88.98, u=[0.45, 0.25]
@@ -58,8 +61,21 @@ def test_transit_found_at_ephemeris_with_published_depth(hat_run):
     dt_min = abs(fit["params"]["t0"] - PREDICTED_T0) * 1440
     assert dt_min < 6.0, f"mid-time {dt_min:.1f} min from the ephemeris"
     assert 0.019 <= fit["params"]["depth"] <= 0.029
-    # residual scatter per point no worse than EXOTIC's published 0.54 %
+    # residual scatter per point better than EXOTIC's published 0.54 %, and at most 0.48 %
     assert fit["residual_rms"] <= PUBLISHED_SCATTER
+    assert fit["residual_rms"] <= TARGET_SCATTER
+
+
+def test_errors_from_the_noise_model_match_the_scatter(hat_run):
+    _, _, record = hat_run
+    obj = record["objects"]["HAT-P-32"]
+    ratio = obj["median_err_rel_flux"] / obj["fit"]["residual_rms"]
+    assert 0.8 <= ratio <= 1.25, ratio
+    # the gain is not in the headers: it was estimated from the comparison stars, and a
+    # 12-bit camera of ~30-40 ke- full well has several e-/ADU
+    gain = record["gain"]
+    assert gain["source"] == "estimated" and gain["n_stars"] >= 5
+    assert 4.0 < gain["value"] < 20.0 and gain["error"] < 0.3 * gain["value"]
 
 
 def test_times_match_reference_bjd(hat_run):

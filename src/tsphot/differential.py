@@ -62,6 +62,9 @@ class Reduced:
     comp_index: np.ndarray  # object indices of the comparison candidates
     curves: dict[str, Curve] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    # per object: fractional 1-sigma of each noise term per frame, and the summary
+    terms: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    budget: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _stack(results: list, key: str, n_obj: int, n_r: int | None = None) -> np.ndarray:
@@ -138,14 +141,31 @@ def flag_outliers(
     return np.abs(np.nan_to_num(dev)) > sigma, dev
 
 
-def reduce(
-    settings: Settings,
-    frames: list[FrameInfo],
-    plan: Any,
-    results: list,
-    notes: dict[str, Any],
-) -> Reduced:
-    """Turn per-frame measurements into ensemble-corrected differential light curves."""
+@dataclass
+class _Night:
+    """The per-frame conditions and stacked measurements every reduce step shares."""
+
+    frame_ok: np.ndarray
+    jd: np.ndarray
+    exptime: np.ndarray
+    airmass: np.ndarray
+    airmass_source: str
+    scint: np.ndarray
+    site: Any
+    coords: dict[str, Any]
+    flux_all: np.ndarray  # [frame, obj, radius] e-
+    err_all: np.ndarray
+    base_valid: np.ndarray  # [frame, obj]
+    comp_idx: np.ndarray
+    names: list[str]
+    pinned_in: list[str]
+    targets: list[int]
+
+
+def _prepare(
+    settings: Settings, frames: list[FrameInfo], plan: Any, results: list, notes: dict[str, Any]
+) -> _Night:
+    """Stack the measurements; site, airmass and scintillation per frame."""
     objs = plan.objects
     n_obj, n_r = len(objs), len(plan.apertures.radii)
     n_f = len(results)
@@ -172,8 +192,9 @@ def reduce(
     if diameter is None:
         prof = next((f.profile for f in frames if f.status == "ok"), "generic")
         diameter = PROFILE_APERTURE_M.get(prof)
-        if diameter is not None:
-            notes["assumed"].append(f"telescope aperture {diameter} m ({prof} profile)")
+        assumed = f"telescope aperture {diameter} m ({prof} profile)"
+        if diameter is not None and assumed not in notes["assumed"]:
+            notes["assumed"].append(assumed)
     altitude = float(site.height.to_value("m")) if site is not None else 0.0
     if diameter is not None and np.isfinite(airmass).any():
         # frames that could not be read have no airmass or exposure time: give them a
@@ -192,39 +213,220 @@ def reduce(
         )
 
     comp_idx = np.array([i for i, o in enumerate(objs) if o.role == "comp"])
-    names = [objs[i].name for i in comp_idx]
-    pinned_in = [o.name for o in objs if o.role == "comp" and o.pinned]
-    targets = [i for i, o in enumerate(objs) if o.role == "target"]
+    return _Night(
+        frame_ok=frame_ok,
+        jd=jd,
+        exptime=exptime,
+        airmass=airmass,
+        airmass_source=airmass_source,
+        scint=scint,
+        site=site,
+        coords=coords,
+        flux_all=flux_all,
+        err_all=err_all,
+        base_valid=base_valid,
+        comp_idx=comp_idx,
+        names=[objs[i].name for i in comp_idx],
+        pinned_in=[o.name for o in objs if o.role == "comp" and o.pinned],
+        targets=[i for i, o in enumerate(objs) if o.role == "target"],
+    )
 
-    def solve(k: int) -> tuple:
-        flux, ferr = flux_all[:, :, k], err_all[:, :, k]
-        valid = base_valid & np.isfinite(flux) & (flux > 0)
+
+def _solve(night: _Night, k: int, gain_factor: float = 1.0) -> tuple:
+    """Magnitudes and the comparison ensemble at radius index k (fluxes rescaled by a gain)."""
+    flux, ferr = noise.rescale_gain(night.flux_all[:, :, k], night.err_all[:, :, k], gain_factor)
+    valid = night.base_valid & np.isfinite(flux) & (flux > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mag = -2.5 * np.log10(flux / night.exptime[:, None]) + MAG_ZERO_POINT
+        mag_err = 1.0857362 * np.hypot(ferr / flux, night.scint[:, None])
+    ci = night.comp_idx
+    ens = ensemble.everett_howell(
+        mag[:, ci], mag_err[:, ci], valid[:, ci], night.names, pinned_in=night.pinned_in
+    )
+    return flux, ferr, mag, mag_err, valid, ens
+
+
+@dataclass
+class GainEstimate:
+    """A detector gain estimated from the comparison stars' scatter (photon transfer)."""
+
+    gain: float  # e-/ADU
+    error: float
+    n_stars: int
+    per_star: dict[str, float]
+    iterations: int
+    method: str = (
+        "photon transfer across the comparison stars: each star's point-to-point scatter "
+        "against the ensemble minus its background, scintillation and ensemble terms, set "
+        "against its photon noise at 1 e-/ADU; weighted least squares over the stars with "
+        "outlying stars clipped"
+    )
+
+
+MIN_GAIN_STARS = 5
+
+
+def estimate_gain(
+    settings: Settings, frames: list[FrameInfo], plan: Any, results: list, notes: dict[str, Any]
+) -> GainEstimate | None:
+    """Gain (e-/ADU) from the comparison stars when no header or setting gives it; None if unsure.
+
+    Fluxes were measured at ``plan.gain``; only their photon term depends on the gain, so the
+    estimate iterates: rescale, solve the ensemble, compare each star's scatter with its terms.
+    """
+    night = _prepare(settings, frames, plan, results, {**notes, "assumed": list(notes["assumed"])})
+    k = len(plan.apertures.radii) // 2
+    g0 = float(plan.gain)
+    g = g0
+    est = None
+    for it in range(1, 9):
+        flux, ferr, _, _, valid, ens = _solve(night, k, g / g0)
+        ach, p_unit, other, n_pts, used_names = [], [], [], [], []
+        ci = night.comp_idx
         with np.errstate(invalid="ignore", divide="ignore"):
-            mag = -2.5 * np.log10(flux / exptime[:, None]) + MAG_ZERO_POINT
-            mag_err = 1.0857362 * np.hypot(ferr / flux, scint[:, None])
-        ens = ensemble.everett_howell(
-            mag[:, comp_idx], mag_err[:, comp_idx], valid[:, comp_idx], names, pinned_in=pinned_in
+            # per frame and comparison star: photon variance at 1 e-/ADU, and the rest
+            p_fr = g / flux[:, ci]
+            o_fr = (ferr[:, ci] ** 2 - np.clip(flux[:, ci], 0, None)) / flux[:, ci] ** 2
+            o_fr = o_fr + night.scint[:, None] ** 2
+        live = valid[:, ci] & ens.used[None, :] & np.isfinite(p_fr) & np.isfinite(o_fr)
+        w = np.where(live, ens.weights[None, :], 0.0)
+        for j, name in enumerate(ens.names):
+            ok = live[:, j] & np.isfinite(ens.loo_mag[:, j])
+            if ok.sum() < 20:
+                continue
+            # the ensemble of the others: its photon and other variance, weights renormalised
+            wo = w[ok].copy()
+            wo[:, j] = 0.0
+            wo /= wo.sum(axis=1, keepdims=True)
+            ens_p = np.nansum(wo**2 * np.where(live[ok], p_fr[ok], 0.0), axis=1)
+            ens_o = np.nansum(wo**2 * np.where(live[ok], o_fr[ok], 0.0), axis=1)
+            ach.append(noise.robust_white_var(ens.loo_mag[ok, j]) / noise.MAG_PER_FRAC**2)
+            p_unit.append(float(np.mean(p_fr[ok, j] + ens_p)))
+            other.append(float(np.mean(o_fr[ok, j] + ens_o)))
+            n_pts.append(int(ok.sum()))
+            used_names.append(name)
+        if len(ach) < MIN_GAIN_STARS:
+            return None
+        g_new, g_err, kept = noise.gain_from_scatter(ach, p_unit, other, n_pts)
+        if not np.isfinite(g_new) or g_new <= 0 or kept.sum() < MIN_GAIN_STARS:
+            return None
+        # each star's own estimate, for the record (infinite where its scatter shows no
+        # photon noise above the other terms)
+        excess = np.array(ach) - np.array(other)
+        g_i = np.where(excess > 0, np.array(p_unit) / np.where(excess > 0, excess, 1), np.inf)
+        done = abs(np.log(g_new / g)) < 0.005
+        g = g_new
+        est = GainEstimate(
+            gain=float(g),
+            error=float(g_err),
+            n_stars=int(kept.sum()),
+            per_star={n: float(v) for n, v in zip(used_names, g_i, strict=True)},
+            iterations=it,
         )
-        return flux, ferr, mag, mag_err, valid, ens
+        if done:
+            break
+    return est
 
-    scatter: dict[float, float] = {}
-    solved = {}
-    for k, r in enumerate(plan.apertures.radii):
-        solved[k] = solve(k)
-        _, _, mag, mag_err, valid, ens = solved[k]
+
+def reduce(
+    settings: Settings,
+    frames: list[FrameInfo],
+    plan: Any,
+    results: list,
+    notes: dict[str, Any],
+) -> Reduced:
+    """Turn per-frame measurements into ensemble-corrected differential light curves."""
+    objs = plan.objects
+    n_f = len(results)
+    night = _prepare(settings, frames, plan, results, notes)
+    frame_ok, jd, exptime = night.frame_ok, night.jd, night.exptime
+    airmass, airmass_source, scint = night.airmass, night.airmass_source, night.scint
+    site, coords, comp_idx, targets = night.site, night.coords, night.comp_idx, night.targets
+
+    bjd_of: dict[str, np.ndarray] = {}
+    for o in objs:
+        bjd = np.full(n_f, np.nan)
+        if o.role != "comp" and site is not None and o.name in coords:
+            fin = np.isfinite(jd)
+            bjd[fin] = timing.bjd_tdb(jd[fin], coords[o.name], site)
+        bjd_of[o.name] = bjd
+
+    def build(k: int) -> Reduced:
+        flux, ferr, mag, mag_err, valid, ens = _solve(night, k)
+        with np.errstate(invalid="ignore"):
+            transparency = 10 ** (-0.4 * (ens.offset - np.nanmedian(ens.offset)))
+            cloudy = transparency < settings.min_transparency
+        red = Reduced(
+            radius_index=k,
+            radius=float(plan.apertures.radii[k]),
+            scatter_by_radius={},
+            jd_utc=jd,
+            airmass=airmass,
+            airmass_source=airmass_source,
+            exptime=exptime,
+            frame_ok=frame_ok,
+            flux=flux,
+            flux_err=ferr,
+            mag=mag,
+            mag_err=mag_err,
+            valid=valid,
+            scint=scint,
+            transparency=transparency,
+            cloudy=cloudy,
+            ensemble=ens,
+            comp_index=comp_idx,
+            notes=notes,
+        )
+        for i, o in enumerate(objs):
+            if o.role == "comp":
+                continue
+            dm, de = ensemble.differential(mag[:, i], mag_err[:, i], ens)
+            v = valid[:, i] & np.isfinite(dm) & np.isfinite(de) & ~cloudy
+            ref = np.median(dm[v]) if v.any() else 0.0
+            rel = 10 ** (-0.4 * (dm - ref))
+            rel_err = rel * de / 1.0857362
+            out, _ = flag_outliers(dm, de, v, settings.outlier_sigma)
+            v = v & ~out
+            c = Curve(o.name, o.role, dm, de, rel, rel_err, v, bjd_of[o.name], outlier=out)
+            if v.sum() > 2:
+                c.rms = float(np.std(rel[v]))
+                c.median_err = float(np.median(rel_err[v]))
+            red.curves[o.name] = c
+        if settings.transit is not None:
+            _fit_transits(settings, red, results, objs)
+        return red
+
+    def scatter_of(red: Reduced) -> float:
         vals = []
         for t in targets:
-            dm, _ = ensemble.differential(mag[:, t], mag_err[:, t], ens)
-            vals.append(_robust_p2p(np.where(valid[:, t], dm, np.nan)))
-        scatter[float(r)] = float(np.median(vals))
-    best = min(scatter, key=lambda r: scatter[r])
-    k = plan.apertures.radii.index(best)
-    flux, ferr, mag, mag_err, valid, ens = solved[k]
-    with np.errstate(invalid="ignore"):
-        transparency = 10 ** (-0.4 * (ens.offset - np.nanmedian(ens.offset)))
-        cloudy = transparency < settings.min_transparency
-    if cloudy.any():
-        files = [os.path.basename(frames[i].path) for i in np.nonzero(cloudy)[0]]
+            c = red.curves[objs[t].name]
+            if c.fit is not None:
+                vals.append(float(c.fit.residual_rms))
+            else:
+                vals.append(_robust_p2p(np.where(c.valid, c.rel_flux, np.nan)))
+        return float(np.median(vals))
+
+    # Every radius is reduced in full and the one whose target curve scatters least is kept:
+    # with a transit model that is the fit's residual rms (what the user judges a curve by),
+    # otherwise the point-to-point scatter, which slow trends and a transit do not inflate.
+    scatter: dict[float, float] = {}
+    best_red = None
+    for k, r in enumerate(plan.apertures.radii):
+        red_k = build(k)
+        scatter[float(r)] = scatter_of(red_k)
+        if best_red is None or scatter[float(r)] < scatter[best_red.radius]:
+            best_red = red_k
+    assert best_red is not None
+    red = best_red
+    red.scatter_by_radius = scatter
+    red.terms, red.budget = noise_budget(red, objs)
+    notes["radius_chosen_by"] = (
+        "lowest residual rms of the transit fit"
+        if settings.transit is not None
+        else "lowest point-to-point scatter of the target's relative flux"
+    )
+    if red.cloudy.any():
+        files = [os.path.basename(frames[i].path) for i in np.nonzero(red.cloudy)[0]]
         log.warning(
             "%d frame(s) under thick cloud left out of the light curves (comparison flux below "
             "%.0f%% of the night's median; --min-transparency): %s",
@@ -232,50 +434,68 @@ def reduce(
             100 * settings.min_transparency,
             ", ".join(files[:10]) + (" …" if len(files) > 10 else ""),
         )
-
-    red = Reduced(
-        radius_index=k,
-        radius=best,
-        scatter_by_radius=scatter,
-        jd_utc=jd,
-        airmass=airmass,
-        airmass_source=airmass_source,
-        exptime=exptime,
-        frame_ok=frame_ok,
-        flux=flux,
-        flux_err=ferr,
-        mag=mag,
-        mag_err=mag_err,
-        valid=valid,
-        scint=scint,
-        transparency=transparency,
-        cloudy=cloudy,
-        ensemble=ens,
-        comp_index=comp_idx,
-        notes=notes,
-    )
-    for i, o in enumerate(objs):
-        if o.role == "comp":
-            continue
-        dm, de = ensemble.differential(mag[:, i], mag_err[:, i], ens)
-        v = valid[:, i] & np.isfinite(dm) & np.isfinite(de) & ~cloudy
-        ref = np.median(dm[v]) if v.any() else 0.0
-        rel = 10 ** (-0.4 * (dm - ref))
-        rel_err = rel * de / 1.0857362
-        out, _ = flag_outliers(dm, de, v, settings.outlier_sigma)
-        v = v & ~out
-        bjd = np.full(n_f, np.nan)
-        if site is not None and o.name in coords:
-            fin = np.isfinite(jd)
-            bjd[fin] = timing.bjd_tdb(jd[fin], coords[o.name], site)
-        c = Curve(o.name, o.role, dm, de, rel, rel_err, v, bjd, outlier=out)
-        if v.sum() > 2:
-            c.rms = float(np.std(rel[v]))
-            c.median_err = float(np.median(rel_err[v]))
-        red.curves[o.name] = c
-    if settings.transit is not None:
-        _fit_transits(settings, red, results, objs)
     return red
+
+
+def noise_budget(red: Reduced, objs: list) -> tuple[dict, dict]:
+    """Each star's predicted noise, term by term, per frame, against its achieved scatter.
+
+    Terms are fractional 1-sigma per frame: the star's photons, the background (sky photons,
+    dark and read noise as measured in the annulus, and the error of the sky level), the
+    scintillation, and the ensemble's error (for a comparison star: the ensemble of the
+    others). The prediction is their quadrature sum, the rms over the star's valid frames.
+    The achieved scatter is the transit fit's residual rms where one was made, otherwise the
+    point-to-point white-noise rms (insensitive to slow trends and to a star's variability).
+    """
+    ens = red.ensemble
+    col_of = {int(i): j for j, i in enumerate(red.comp_index)}
+    terms: dict[str, dict[str, np.ndarray]] = {}
+    budget: dict[str, dict[str, Any]] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i, o in enumerate(objs):
+            f, e = red.flux[:, i], red.flux_err[:, i]
+            photon = np.sqrt(np.clip(f, 0, None)) / f
+            background = np.sqrt(np.clip(e**2 - np.clip(f, 0, None), 0, None)) / f
+            if o.role == "comp":
+                j = col_of[i]
+                ens_err = np.sqrt(np.clip(ens.loo_err[:, j] ** 2 - red.mag_err[:, i] ** 2, 0, None))
+                curve = ens.loo_mag[:, j] / noise.MAG_PER_FRAC
+                valid = red.valid[:, i] & np.isfinite(curve) & ~red.cloudy
+                fit = None
+            else:
+                ens_err = ens.offset_err
+                c = red.curves[o.name]
+                curve = c.rel_flux
+                valid = c.valid
+                fit = c.fit
+            t = {
+                "photon": photon,
+                "background": background,
+                "scintillation": red.scint,
+                "ensemble": ens_err / noise.MAG_PER_FRAC,
+            }
+            t["total"] = np.sqrt(sum(v**2 for v in t.values()))
+            terms[o.name] = t
+            v = valid & np.isfinite(t["total"])
+            if v.sum() < 5:
+                continue
+            predicted = float(np.sqrt(np.mean(t["total"][v] ** 2)))
+            if fit is not None:
+                achieved, how = float(fit.residual_rms), "transit-fit residual rms"
+            else:
+                achieved = float(np.sqrt(noise.robust_white_var(curve[v])))
+                how = "point-to-point white-noise rms"
+            budget[o.name] = {
+                "role": o.role,
+                "mag": float(np.nanmedian(red.mag[v, i])),
+                "predicted": predicted,
+                "achieved": achieved,
+                "achieved_from": how,
+                "ratio": achieved / predicted,
+                "terms": {k: float(np.sqrt(np.mean(x[v] ** 2))) for k, x in t.items()},
+                "used_in_ensemble": bool(ens.used[col_of[i]]) if o.role == "comp" else None,
+            }
+    return terms, budget
 
 
 def _regressors(red: Reduced, results: list, i: int, terms: list[str]) -> dict[str, np.ndarray]:

@@ -149,3 +149,88 @@ def mag_err_from_flux(flux_e: ArrayLike, sigma_e: ArrayLike) -> np.ndarray:
     sigma = np.asarray(sigma_e, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(flux > 0, MAG_PER_FRAC * sigma / flux, np.nan)
+
+
+def robust_white_var(series: ArrayLike) -> float:
+    """White-noise variance of a time series from point-to-point differences (robust, MAD).
+
+    Differences cancel slow trends (airmass, a transit's long flat parts); the MAD ignores
+    outliers. NaN points are skipped; fewer than 5 points give NaN.
+    """
+    x = np.asarray(series, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 5:
+        return float("nan")
+    d = np.diff(x)
+    return float((1.4826 * np.median(np.abs(d - np.median(d)))) ** 2 / 2.0)
+
+
+def gain_from_scatter(
+    achieved_var: ArrayLike,
+    photon_var_unit_gain: ArrayLike,
+    other_var: ArrayLike,
+    n_points: ArrayLike,
+    clip: float = 4.0,
+) -> tuple[float, float, np.ndarray]:
+    """Detector gain (e-/ADU) from the scatter of constant stars: a photon-transfer estimate.
+
+    For star i the fractional white-noise variance is ``P_i / g + O_i``: ``P_i`` is the photon
+    variance the star would have at 1 e-/ADU (1 / ADU collected), ``O_i`` every
+    gain-independent term (background measured in ADU², scintillation, the ensemble). 1/g is
+    fitted by weighted least squares over the stars, each measured variance weighted by its
+    own sampling variance (``2.7 × 2 / (n - 1)`` relative, for the MAD-based estimator over
+    ``n_points``); stars more than ``clip`` sigma off (blends, variables) are dropped in turn.
+    Faint background-limited stars carry little weight, bright photon-limited ones most.
+    The error is the formal one, inflated by sqrt(reduced chi-square) when that exceeds 1.
+    Returns (gain, error, the mask of stars kept).
+    """
+    ach = np.asarray(achieved_var, dtype=float)
+    p = np.asarray(photon_var_unit_gain, dtype=float)
+    o = np.asarray(other_var, dtype=float)
+    n = np.asarray(n_points, dtype=float)
+    keep = np.isfinite(ach) & np.isfinite(p) & np.isfinite(o) & (p > 0) & (n > 5)
+    rel_var = 2.7 * 2.0 / np.maximum(n - 1.0, 1.0)
+    inv_g = float("nan")
+    sigma_inv = float("nan")
+    for _ in range(50):
+        if keep.sum() < 3:
+            return float("nan"), float("nan"), keep
+        # the model variance (weights) at the current gain; start from the stars' own values
+        model = ach if not np.isfinite(inv_g) else p * max(inv_g, 0.0) + o
+        w = np.where(keep, 1.0 / (rel_var * np.maximum(model, 1e-30) ** 2), 0.0)
+        new = float(np.sum(w * p * (ach - o)) / np.sum(w * p * p))
+        sigma_inv = float(1.0 / np.sqrt(np.sum(w * p * p)))
+        resid = (ach - (p * new + o)) * np.sqrt(w)
+        chi2 = float(np.sum(resid[keep] ** 2) / max(keep.sum() - 1, 1))
+        worst = int(np.argmax(np.where(keep, np.abs(resid), -1.0)))
+        if np.abs(resid[worst]) > clip * np.sqrt(max(chi2, 1.0)) and keep.sum() > 3:
+            keep[worst] = False
+            inv_g = new
+            continue
+        if np.isfinite(inv_g) and abs(new - inv_g) <= 1e-6 * abs(new):
+            inv_g = new
+            break
+        inv_g = new
+    if not inv_g > 0:
+        return float("nan"), float("nan"), keep
+    sigma_inv *= np.sqrt(max(chi2, 1.0))
+    gain = 1.0 / inv_g
+    return gain, gain * gain * sigma_inv, keep
+
+
+def rescale_gain(
+    flux_e: ArrayLike, flux_err_e: ArrayLike, factor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flux and CCD error (e-) measured at gain g0 restated at gain g = factor × g0.
+
+    Electrons scale with the gain; of the variance, the source's photon term (= flux) scales
+    with it once, and the background term measured in the annulus (ADU², so sky photons,
+    dark and read noise alike) with its square.
+    """
+    f = np.asarray(flux_e, dtype=float)
+    e = np.asarray(flux_err_e, dtype=float)
+    if factor == 1.0:
+        return f, e
+    photon = np.clip(f, 0.0, None)
+    background = np.clip(e**2 - photon, 0.0, None)
+    return f * factor, np.sqrt(photon * factor + background * factor**2)

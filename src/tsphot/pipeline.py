@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tsphot import calibrate, detect, ingest, measure, register
+from tsphot import calibrate, detect, ingest, measure, noise, register
 from tsphot.errors import FrameError, InputError, SettingsError, TsphotError
 from tsphot.executors import map_ordered
 from tsphot.ingest import FrameInfo
@@ -49,6 +50,7 @@ class Plan:
     max_shift: float
     shape: tuple[int, int]
     clean_cosmics: bool = False
+    gain_source: str = "header"  # header | settings | assumed | estimated
 
 
 @dataclass
@@ -278,12 +280,10 @@ def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Pl
     notes["reference_fwhm_px"] = src.fwhm
 
     gain = settings.gain or ref.gain
+    gain_source = "settings" if settings.gain else "header"
     if gain is None:
-        gain = 1.0
-        notes["assumed"].append(
-            "gain: no GAIN/EGAIN keyword and none given; assumed 1.0 e-/ADU — error bars scale "
-            "with sqrt(gain): pass --gain"
-        )
+        # measured at 1 e-/ADU; run() estimates the gain from the stars after measuring
+        gain, gain_source = 1.0, "assumed"
     saturation = settings.saturation or ref.saturation or 65535.0
     fwhm = src.fwhm if np.isfinite(src.fwhm) else 4.0
     if settings.aperture is not None:
@@ -358,6 +358,7 @@ def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Pl
         max_shift=settings.max_shift,
         shape=shape,
         clean_cosmics=settings.clean_cosmics,
+        gain_source=gain_source,
     )
     notes["reference_header"] = ref_header
     return plan, notes
@@ -404,10 +405,60 @@ def run(settings: Settings) -> dict[str, Any]:
             log.warning("frame %s: %s", Path(r.path).name, r.reason)
         progress(r)
     progress(None)
+    plan, results = _settle_gain(settings, frames, plan, results, notes)
     reduced = differential.reduce(settings, frames, plan, results, notes)
     summary = export.write_products(settings, frames, plan, results, reduced, notes, out)
     summary["elapsed_s"] = round(time.time() - t_start, 2)
     return summary
+
+
+def rescale_results(results: list[FrameResult], factor: float) -> list[FrameResult]:
+    """The frame results restated at gain factor × the gain they were measured with."""
+    out = []
+    for r in results:
+        cols = dict(r.columns)
+        cols["flux"], cols["flux_err"] = noise.rescale_gain(cols["flux"], cols["flux_err"], factor)
+        out.append(dataclasses.replace(r, columns=cols))
+    return out
+
+
+def _settle_gain(
+    settings: Settings, frames: list[FrameInfo], plan: Plan, results: list, notes: dict
+) -> tuple[Plan, list[FrameResult]]:
+    """When no header or setting gives the gain, estimate it from the stars and restate fluxes."""
+    from tsphot import differential
+
+    if plan.gain_source != "assumed":
+        notes["gain"] = {"value": plan.gain, "source": plan.gain_source}
+        return plan, results
+    est = None
+    try:
+        est = differential.estimate_gain(settings, frames, plan, results, notes)
+    except Exception as exc:  # an estimate that fails must not cost the night
+        log.warning("gain could not be estimated from the stars (%s)", exc)
+    if est is None:
+        notes["assumed"].append(
+            "gain: no GAIN/EGAIN keyword, none given, and too few constant comparison stars to "
+            "estimate it; assumed 1.0 e-/ADU — error bars scale with 1/sqrt(gain): pass --gain"
+        )
+        notes["gain"] = {"value": plan.gain, "source": "assumed"}
+        return plan, results
+    notes["assumed"].append(
+        f"gain: no GAIN/EGAIN keyword and none given; estimated {est.gain:.2f} ± {est.error:.2f} "
+        f"e-/ADU from {est.n_stars} comparison stars (photon transfer); pass --gain to fix it"
+    )
+    notes["gain"] = {
+        "value": est.gain,
+        "error": est.error,
+        "source": "estimated",
+        "method": est.method,
+        "n_stars": est.n_stars,
+        "per_star": est.per_star,
+    }
+    factor = est.gain / plan.gain
+    return dataclasses.replace(plan, gain=est.gain, gain_source="estimated"), rescale_results(
+        results, factor
+    )
 
 
 def _progress(total: int, quiet: bool):

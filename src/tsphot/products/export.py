@@ -169,6 +169,8 @@ def lightcurve_table(name: str, red: Any, frames: list[FrameInfo], results: list
     t["ens_n_stars"] = ens.n_used_per_frame
     t["scintillation"] = red.scint
     t["transparency"] = red.transparency
+    for term, values in red.terms.get(name, {}).items():
+        t[f"noise_{term}"] = values  # fractional 1-sigma of each term of the noise model
     t["fwhm"] = np.array([r.fwhm for r in results]) * u.pix
     t["sky"] = np.array([r.sky_level for r in results]) * u.adu
     t["file"] = [Path(f.path).name for f in frames]
@@ -265,6 +267,10 @@ def run_record(
                 "terms": c.fit.terms,
                 "bic": c.fit.bic,
             }
+        if name in red.budget:
+            b = red.budget[name]
+            entry["noise"] = {k: b[k] for k in ("predicted", "achieved", "achieved_from", "ratio")}
+            entry["noise"]["terms"] = b["terms"]
         objects[name] = entry
     statuses: dict[str, int] = {}
     for r in results:
@@ -282,6 +288,7 @@ def run_record(
         "airmass_source": notes.get("airmass_source"),
         "scintillation": notes.get("scintillation"),
         "gain_e_per_adu": plan.gain,
+        "gain": notes.get("gain"),
         "saturation_adu": plan.saturation,
         "apertures": {
             "radii_px": list(plan.apertures.radii),
@@ -303,6 +310,9 @@ def run_record(
         "comparison_stars": comps,
         "ensemble_iterations": ens.iterations,
         "objects": objects,
+        "noise_budget": red.budget,
+        "radius_chosen_by": notes.get("radius_chosen_by"),
+        "scatter_by_radius": {str(k): v for k, v in red.scatter_by_radius.items()},
         "fit_notes": {k: notes[k] for k in ("fit_failed", "fit_skipped") if k in notes},
     }
     return _jsonable(record)
