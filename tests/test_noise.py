@@ -128,8 +128,8 @@ def test_gain_from_scatter_recovers_a_known_gain() -> None:
     true_var = p_unit / true_gain + other
     ach = true_var * rng.chisquare(n_frames - 1, 40) / (n_frames - 1)
     ach[:3] *= 5.0  # three blended or variable stars
-    gain, err, per_star = gain_from_scatter(ach, p_unit, other)
-    assert per_star.shape == (40,)
+    gain, err, kept = gain_from_scatter(ach, p_unit, other, np.full(40, n_frames))
+    assert kept.shape == (40,) and not kept[:3].any() and kept[3:].sum() >= 34
     assert abs(gain - true_gain) < 3 * err
     assert gain == pytest.approx(true_gain, rel=0.1)
     assert 0 < err < 0.1 * true_gain

@@ -79,7 +79,16 @@ def compare_with_truth(truth: synthetic.Truth, run_dir: str | Path) -> dict[str,
     resid = np.asarray(lc["rel_flux"], float)[sel] / shape[sel]
     achieved = float(np.std(resid / np.mean(resid)))
     predicted = float(np.sqrt(np.mean(pred[sel] ** 2)))
+    err = np.asarray(lc["rel_flux_err"], float)[sel] / shape[sel]
     median_err = float(np.median(np.asarray(lc["rel_flux_err"], float)[sel]))
+    # reduced chi-square of the reported errors about a constant (the transit divided out)
+    chi2_red = float(np.sum(((resid - np.mean(resid)) / err) ** 2) / (len(resid) - 1))
+    # the ensemble's weights against the inverse of each used star's true variance
+    used = [c for c in comps if c["used"]]
+    true_w = np.array([1.0 / np.mean(frac_sigma(star_of[c["name"]])[sel] ** 2) for c in used])
+    weight_ratio = {
+        c["name"]: float(wi / tw) for c, wi, tw in zip(used, w, true_w / true_w.sum(), strict=True)
+    }
     var_star = truth.meta["roles"]["variable_comp"]
     var_name = next((n for n, s in star_of.items() if s == var_star), None)
     var_entry = next((c for c in comps if c["name"] == var_name), None)
@@ -96,6 +105,8 @@ def compare_with_truth(truth: synthetic.Truth, run_dir: str | Path) -> dict[str,
         "achieved_rms": achieved,
         "predicted_rms": predicted,
         "median_error": median_err,
+        "chi2_red": chi2_red,
+        "weight_ratio": weight_ratio,
         "n_points": int(sel.sum()),
         "comps_used": int(sum(c["used"] for c in comps)),
         "comps_rejected": {c["name"]: c["reason"] for c in comps if not c["used"]},

@@ -36,6 +36,7 @@ class Curve:
     rms: float = float("nan")  # of rel_flux over valid points
     median_err: float = float("nan")
     fit: Any = None  # fit.FitResult when a transit or detrending fit was made
+    std_mag: np.ndarray | None = None  # on the catalogue scale of a nominated comparison star
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Reduced:
     # per object: fractional 1-sigma of each noise term per frame, and the summary
     terms: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     budget: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mag_scale: dict[str, Any] | None = None  # the comparison star giving the catalogue scale
 
 
 def _stack(results: list, key: str, n_obj: int, n_r: int | None = None) -> np.ndarray:
@@ -420,6 +422,7 @@ def reduce(
     red = best_red
     red.scatter_by_radius = scatter
     red.terms, red.budget = noise_budget(red, objs)
+    red.mag_scale = _catalogue_scale(red, objs)
     notes["radius_chosen_by"] = (
         "lowest residual rms of the transit fit"
         if settings.transit is not None
@@ -435,6 +438,35 @@ def reduce(
             ", ".join(files[:10]) + (" …" if len(files) > 10 else ""),
         )
     return red
+
+
+def _catalogue_scale(red: Reduced, objs: list) -> dict[str, Any] | None:
+    """Put every curve on the catalogue scale of the first comparison star given a magnitude.
+
+    The star's differential magnitude against the ensemble is on the same scale as every
+    target's, so zero point = its catalogue magnitude − the median of that curve.
+    """
+    ens = red.ensemble
+    for i in red.comp_index:
+        o = objs[int(i)]
+        if o.catalog_mag is None:
+            continue
+        diff = red.mag[:, int(i)] - ens.offset
+        v = red.valid[:, int(i)] & np.isfinite(diff)
+        if v.sum() < 3:
+            continue
+        own = diff[v]
+        zp = float(o.catalog_mag - np.median(own))
+        zp_err = float(1.2533 * np.std(own) / np.sqrt(v.sum()))
+        for c in red.curves.values():
+            c.std_mag = c.diff_mag + zp
+        return {
+            "comparison": o.name,
+            "catalog_mag": float(o.catalog_mag),
+            "zero_point": zp,
+            "zero_point_err": zp_err,
+        }
+    return None
 
 
 def noise_budget(red: Reduced, objs: list) -> tuple[dict, dict]:
@@ -509,7 +541,19 @@ def _regressors(red: Reduced, results: list, i: int, terms: list[str]) -> dict[s
             regs[term] = np.array([r.fwhm for r in results])
         elif term in ("x", "y"):
             regs[term] = np.array([r.columns[term][i] for r in results])
+        elif term == "flip":
+            regs[term] = flip_state(results)
     return regs
+
+
+def flip_state(results: list) -> np.ndarray:
+    """1.0 for frames taken after a meridian flip (field turned by ~180°), 0.0 before; NaN
+    where a frame was not registered."""
+    out = np.full(len(results), np.nan)
+    for k, r in enumerate(results):
+        if r.transform is not None:
+            out[k] = float(abs(r.transform.rotation_deg) > 90.0)
+    return out
 
 
 def _fit_transits(settings: Settings, red: Reduced, results: list, objs: list) -> None:
@@ -523,7 +567,13 @@ def _fit_transits(settings: Settings, red: Reduced, results: list, objs: list) -
             continue
         c = red.curves[o.name]
         t = c.bjd_tdb if np.isfinite(c.bjd_tdb).any() else red.jd_utc
-        regs = _regressors(red, results, i, settings.detrend)
+        terms = list(settings.detrend)
+        flips = flip_state(results)
+        fin = flips[np.isfinite(flips)]
+        if "flip" not in terms and fin.size and fin.min() != fin.max():
+            # an observer always allows for an offset across a meridian flip
+            terms.append("flip")
+        regs = _regressors(red, results, i, terms)
         use = c.valid & np.isfinite(t)
         for v in regs.values():
             use &= np.isfinite(v)

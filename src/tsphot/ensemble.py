@@ -62,10 +62,9 @@ FALSE_ALARM = 1e-4
 CHI2_RED_FLOOR = 1.5
 # One-sided significance (in sigma) for calling the residuals of a rejected star time-correlated.
 VON_NEUMANN_SIGMA = 3.0
-# A modest excess costs little: the weights already follow each star's real variance, so such a
-# star still lowers the ensemble's variance, and on real nights the brightest stars often share
-# the target's slow systematics. A star is dropped only when it scatters more than twice its
-# expected rms (chi2_red > 4) as well as beyond the false-alarm limit.
+# White (uncorrelated) excess noise costs little: the weights already follow each star's real
+# variance, so such a star still lowers the ensemble's variance. A star whose excess is white is
+# dropped only when it scatters more than twice its expected rms (a blend, bad pixels).
 NOISY_CHI2_RED = 4.0
 # A measured variance is never taken below these fractions of the leave-one-out variance and of
 # the star's median stated variance: keeps a very quiet star from getting an unbounded weight
@@ -378,7 +377,9 @@ def everett_howell(
             [_von_neumann_z(vn[k], int(n_pts[k])) if n_pts[k] > 2 else 0.0 for k in range(n_cand)]
         )
         vn_z = np.nan_to_num(vn_z)
-        excess = (chi2_red > limit) & (chi2_red > NOISY_CHI2_RED)
+        # time-correlated excess (a variable star) is dropped at the false-alarm limit; white
+        # excess only beyond NOISY_CHI2_RED
+        excess = (chi2_red > limit) & ((vn_z < -VON_NEUMANN_SIGMA) | (chi2_red > NOISY_CHI2_RED))
         if chi2_limit is not None:
             excess = chi2_red > limit  # an explicit limit rejects any excess, as asked
         cand = used & ~np.isin(np.arange(n_cand), list(p_in)) & excess

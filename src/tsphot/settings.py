@@ -110,9 +110,20 @@ class Settings(BaseModel):
     transit: TransitSpec | None = None
     detrend: list[str] = Field(
         default_factory=lambda: ["airmass"],
-        description="candidate detrending terms (airmass, sky, fwhm, x, y); BIC chooses; a "
-        "linear trend in time is always a candidate",
+        description="candidate detrending terms (airmass, sky, fwhm, x, y, flip); BIC chooses; "
+        "a linear trend in time is always a candidate, and a meridian-flip offset whenever the "
+        "frames flip",
     )
+
+    @field_validator("detrend")
+    @classmethod
+    def _known_terms(cls, v: list[str]) -> list[str]:
+        known = ("airmass", "sky", "fwhm", "x", "y", "flip")
+        bad = [t for t in v if t not in known]
+        if bad:
+            raise ValueError(f"unknown detrending term(s) {bad}; choose from {list(known)}")
+        return v
+
     executor: Literal["serial", "processes"] = "processes"
     workers: int | None = Field(None, ge=1)
     seed: int = 0
@@ -194,7 +205,9 @@ def make_settings(toml: str | Path | None = None, **flags: Any) -> Settings:
 
 
 def parse_object(text: str, default_name: str) -> ObjectSpec:
-    """Parse 'NAME=X,Y', 'NAME=HH:MM:SS.s,+DD:MM:SS', 'NAME=X,Y@RA,DEC' or 'X,Y'."""
+    """Parse 'NAME=X,Y', 'NAME=HH:MM:SS.s,+DD:MM:SS', 'NAME=X,Y@RA,DEC' or 'X,Y', each with an
+    optional '#MAG' catalogue magnitude (comparison stars: sets the magnitude scale)."""
+    text, _, mag = text.partition("#")
     name, _, rest = text.rpartition("=")
     name = name.strip() or default_name
     pix, _, sky = rest.partition("@")
@@ -214,6 +227,13 @@ def parse_object(text: str, default_name: str) -> ObjectSpec:
         if len(radec) != 2:
             raise SettingsError(f"object {text!r}: sky position after '@' needs RA,DEC")
         spec["ra"], spec["dec"] = radec
+    if mag.strip():
+        try:
+            spec["mag"] = float(mag)
+        except ValueError:
+            raise SettingsError(
+                f"object {text!r}: catalogue magnitude {mag!r} is not a number"
+            ) from None
     try:
         return ObjectSpec(**spec)
     except ValidationError as exc:

@@ -169,6 +169,9 @@ def lightcurve_table(name: str, red: Any, frames: list[FrameInfo], results: list
     t["ens_n_stars"] = ens.n_used_per_frame
     t["scintillation"] = red.scint
     t["transparency"] = red.transparency
+    if c.std_mag is not None and red.mag_scale is not None:
+        t["mag"] = c.std_mag * u.mag
+        t.meta["mag_scale"] = red.mag_scale
     for term, values in red.terms.get(name, {}).items():
         t[f"noise_{term}"] = values  # fractional 1-sigma of each term of the noise model
     t["fwhm"] = np.array([r.fwhm for r in results]) * u.pix
@@ -197,6 +200,27 @@ def lightcurve_table(name: str, red: Any, frames: list[FrameInfo], results: list
         t["detrended_flux"] = detr
     t.meta["object"] = name
     t.meta["role"] = c.role
+    t.meta["aperture_radius_px"] = red.radius
+    return t
+
+
+def ensemble_table(red: Any, frames: list[FrameInfo]) -> QTable:
+    """Every comparison star's leave-one-out curve (against the others) per frame, with the
+    ensemble's offset; weights, use and reasons in the metadata."""
+    ens = red.ensemble
+    t = QTable()
+    t["JD_UTC"] = red.jd_utc * u.day
+    t["file"] = [Path(f.path).name for f in frames]
+    t["ens_offset"] = ens.offset * u.mag
+    t["ens_offset_err"] = ens.offset_err * u.mag
+    t["ens_n_stars"] = ens.n_used_per_frame
+    for j, name in enumerate(ens.names):
+        t[f"loo_{name}"] = ens.loo_mag[:, j] * u.mag
+        t[f"loo_err_{name}"] = ens.loo_err[:, j] * u.mag
+    t.meta["comparison_stars"] = [
+        {"name": n, "used": bool(us), "weight": float(w), "reason": r}
+        for n, us, w, r in zip(ens.names, ens.used, ens.weights, ens.reasons, strict=True)
+    ]
     t.meta["aperture_radius_px"] = red.radius
     return t
 
@@ -311,6 +335,7 @@ def run_record(
         "ensemble_iterations": ens.iterations,
         "objects": objects,
         "noise_budget": red.budget,
+        "mag_scale": red.mag_scale,
         "radius_chosen_by": notes.get("radius_chosen_by"),
         "scatter_by_radius": {str(k): v for k, v in red.scatter_by_radius.items()},
         "fit_notes": {k: notes[k] for k in ("fit_failed", "fit_skipped") if k in notes},
@@ -344,6 +369,7 @@ def write_products(
             plain[col].unit = None
         _write_table(plain, out / f"lightcurve_{safe}.csv", "ascii.csv")
         curves[name] = t
+    _write_table(ensemble_table(red, frames), out / "ensemble.ecsv", "ascii.ecsv")
     plots.lightcurve_plot(red, curves, out / "lightcurve.png")
     record = run_record(settings, frames, plan, results, red, notes)
     atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
