@@ -11,6 +11,9 @@ import pytest
 
 from tsphot import demo, pipeline, synthetic
 
+# Long (several minutes): run with `pytest -m heavy`; not yet verified in the default suite.
+pytestmark = pytest.mark.heavy
+
 SEEDS = range(101, 121)
 
 

@@ -10,6 +10,9 @@ import pytest
 
 from tsphot import demo, pipeline, synthetic
 
+# Long (several minutes): run with `pytest -m heavy`; not yet verified in the default suite.
+pytestmark = pytest.mark.heavy
+
 N_FRAMES = 1200
 REGIMES = {
     # a faint target (mag 14.5, 31,000 e- per exposure) under a dark sky: photon noise rules
