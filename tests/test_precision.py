@@ -8,37 +8,18 @@ of the reported errors (0.8-1.25) a test far wider than its own 4 % sampling err
 import numpy as np
 import pytest
 
-from tsphot import demo, pipeline, synthetic
+from tsphot import demo
 
 # Long (several minutes): run with `pytest -m heavy`; not yet verified in the default suite.
 pytestmark = pytest.mark.heavy
 
 N_FRAMES = 1200
-REGIMES = {
-    # a faint target (mag 14.5, 31,000 e- per exposure) under a dark sky: photon noise rules
-    "photon": dict(target_mag=14.5, sky_zenith=20.0, exptime=60.0, cadence=65.0),
-    # a bright target in short exposures: scintillation (0.2 %) is twice the photon noise
-    "scintillation": dict(target_mag=9.0, exptime=10.0, cadence=14.0),
-    # thin cloud dips through the night and one frame of thick cloud
-    "cloud": dict(target_mag=12.0, exptime=30.0, cadence=34.0, clouds=True, cloud_frame=300),
-}
 
 
-@pytest.fixture(scope="module", params=sorted(REGIMES))
+@pytest.fixture(scope="module", params=sorted(demo.NOISE_REGIMES))
 def regime(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(request.param)
-    cfg = synthetic.SimConfig(
-        n_frames=N_FRAMES,
-        size=(256, 256),
-        n_stars=45,
-        seed=31 + sorted(REGIMES).index(request.param),
-        cosmic_rays=False,
-        **REGIMES[request.param],
-    )
-    truth = synthetic.simulate_night(base / "night", cfg)
-    settings = demo.settings_for(base / "night", base / "out", truth, quiet=True)
-    pipeline.run(settings)
-    return request.param, truth, demo.compare_with_truth(truth, base / "out")
+    return request.param, None, demo.regime_run(request.param, base, N_FRAMES)
 
 
 def test_achieved_scatter_within_5_percent_of_prediction(regime):

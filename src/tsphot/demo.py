@@ -117,6 +117,35 @@ def compare_with_truth(truth: synthetic.Truth, run_dir: str | Path) -> dict[str,
     return out
 
 
+# Noise regimes of the precision tests and benchmark: SimConfig settings for each.
+NOISE_REGIMES: dict[str, dict[str, Any]] = {
+    # a faint target (mag 14.5, 31,000 e- per exposure) under a dark sky: photon noise rules
+    "photon": {"target_mag": 14.5, "sky_zenith": 20.0, "exptime": 60.0, "cadence": 65.0},
+    # a bright target in short exposures: scintillation (0.2 %) is twice the photon noise
+    "scintillation": {"target_mag": 9.0, "exptime": 10.0, "cadence": 14.0},
+    # thin cloud dips through the night and one frame of thick cloud
+    "cloud": {"target_mag": 12.0, "exptime": 30.0, "cadence": 34.0, "cloud_frame": 300},
+}
+
+
+def regime_run(
+    regime: str, base: str | Path, n_frames: int = 1200, seed: int | None = None
+) -> dict[str, Any]:
+    """Simulate a night in one of NOISE_REGIMES (256² px, 45 stars), reduce it, compare."""
+    base = Path(base)
+    cfg = synthetic.SimConfig(
+        n_frames=n_frames,
+        size=(256, 256),
+        n_stars=45,
+        seed=31 + sorted(NOISE_REGIMES).index(regime) if seed is None else seed,
+        cosmic_rays=False,
+        **NOISE_REGIMES[regime],
+    )
+    truth = synthetic.simulate_night(base / "night", cfg)
+    pipeline.run(settings_for(base / "night", base / "out", truth, quiet=True))
+    return compare_with_truth(truth, base / "out")
+
+
 def run_demo(
     out: str | Path, n_frames: int = 150, size: tuple[int, int] = (1024, 1024), seed: int = 1
 ) -> dict[str, Any]:
