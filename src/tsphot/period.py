@@ -211,7 +211,7 @@ def frequency_grid(
         raise PeriodError("all points are at the same time: no period can be measured")
     df = 1.0 / (oversample * max(order, 1) * baseline)
     fmin, fmax = 1.0 / max_period, 1.0 / min_period
-    n = int(math.ceil((fmax - fmin) / df)) + 1
+    n = math.ceil((fmax - fmin) / df) + 1
     if n > MAX_GRID:
         raise PeriodError(
             f"{n} trial periods needed between {min_period * 24:.4g} h and {max_period * 24:.4g} h "
@@ -249,7 +249,7 @@ def _normal_parts(s: Series, t0: float) -> tuple:
 
 
 def chi2_grid(s: Series, freqs: np.ndarray, order: int, t0: float | None = None) -> np.ndarray:
-    """Chi-square of the best Fourier series (order N) plus per-night zero points at each frequency."""
+    """Chi-square of the best Fourier series (order N) + per-night zero points, per frequency."""
     t0 = float(np.average(s.t, weights=1 / s.err**2)) if t0 is None else t0
     w, onehot, y, tt, _ = _normal_parts(s, t0)
     k_n = s.n_nights
@@ -451,7 +451,7 @@ def fourier_period(
     oversample: float = 10,
     alias_threshold: float = ALIAS_THRESHOLD,
 ) -> PeriodResult:
-    """Harris et al. (1989) Fourier-series period search with per-night zero points (periods in d)."""
+    """Harris et al. (1989) Fourier-series period search, per-night zero points (periods in d)."""
     _check(s, order, "fourier")
     t0 = float(np.average(s.t, weights=1 / s.err**2))
     freqs = frequency_grid(s.t, min_period, max_period, order, oversample)
@@ -490,7 +490,7 @@ def _finish(
     chi2_best = float(profile(np.array([f_best]))[0])
     chi2_red = chi2_best / max(dof, 1)
     params = fit_fourier(s, f_best, order, t0)
-    w, onehot, y, _, _ = _normal_parts(s, t0)
+    w, _, y, _, _ = _normal_parts(s, t0)
     chi2_const = float(np.sum(w * y**2))
     notes = []
     if not bounded:
@@ -568,7 +568,7 @@ def ls_period(
     _check(s, 1, "ls")
     t0 = float(np.average(s.t, weights=1 / s.err**2))
     freqs = frequency_grid(s.t, min_period, max_period, 1, oversample)
-    w, _, y, _, _ = _normal_parts(s, t0)  # each night's weighted mean removed
+    _, _, y, _, _ = _normal_parts(s, t0)  # each night's weighted mean removed
     ls = LombScargle(s.t, y, s.err)
     power = np.asarray(ls.power(freqs, method="cython"), float)
     fap = float(
@@ -645,7 +645,7 @@ def bls_period(
     # a frequency step that moves the last transit by a third of the shortest box
     df = durations.min() / (3 * baseline * max_period)
     fmin, fmax = 1 / max_period, 1 / min_period
-    n = int(math.ceil((fmax - fmin) / df)) + 1
+    n = math.ceil((fmax - fmin) / df) + 1
     if n > MAX_GRID:
         raise PeriodError(f"BLS would need {n} trial periods; narrow the range (--min/--max)")
     freqs = np.linspace(fmin, fmax, max(n, 3))
@@ -706,7 +706,6 @@ def _refine_trapezoid(s: Series, res: PeriodResult, step_f: float) -> None:
     box = res.params
     p0, w0 = res.period, box["duration_d"]
     d0 = max(1.0857 * box["depth"], 1e-4)
-    k_n = s.n_nights
     x0 = np.array([p0, box["transit_time"], d0, w0, 0.3, *box["zero_points"]])
     lo = np.array([p0 * 0.99, x0[1] - 0.5 * w0, 0.0, 0.2 * w0, 0.02, *(x0[5:] - 1.0)])
     hi = np.array(
@@ -802,12 +801,11 @@ def parse_period(text: str) -> float:
     """A period like '3.5h', '90m', '2d', '45s' or a bare number (hours) → days."""
     s = str(text).strip().lower()
     units = {"d": 1.0, "h": 1 / 24, "min": 1 / 1440, "m": 1 / 1440, "s": 1 / 86400}
-    for suf, fac in units.items():
+    num, fac = s, 1 / 24
+    for suf, f in units.items():
         if s.endswith(suf):
-            num = s[: -len(suf)]
+            num, fac = s[: -len(suf)], f
             break
-    else:
-        num, fac = s, 1 / 24
     try:
         val = float(num)
     except ValueError:
