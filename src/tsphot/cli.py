@@ -97,6 +97,35 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-wcs", action="store_true")
     s.add_argument("--depth", type=float, default=0.01, help="transit depth (fraction)")
 
+    pe = sub.add_parser("period", help="period of one object over one or more runs (nights)")
+    pe.add_argument("runs", nargs="+", help="output folders of tsphot runs, one per night")
+    pe.add_argument("--object", required=True, help="object name (lightcurve_<NAME>.ecsv)")
+    pe.add_argument("--min", help="shortest period: hours, or with a unit: 90m, 2.5h, 1.2d")
+    pe.add_argument("--max", help="longest period, like --min")
+    pe.add_argument("--method", choices=["ls", "bls", "fourier"], default="ls")
+    pe.add_argument("--order", type=int, default=4, help="Fourier series order (fourier)")
+    pe.add_argument("--out", help="output folder (default period-<NAME>)")
+    pe.add_argument(
+        "--geometry",
+        action="append",
+        type=lambda t: _geometry(t),
+        help="asteroid R,DELTA[,PHASE] (au, au, deg) for each run, in order; repeatable",
+    )
+    pe.add_argument("--ephemeris", help="table of JD, r, delta, phase to interpolate instead")
+    pe.add_argument("--g-slope", type=float, default=0.15, help="H,G phase slope G (0.15)")
+    pe.add_argument(
+        "--shared-zero-point",
+        action="store_true",
+        help="one zero point for all nights (calibrated magnitudes on a common scale)",
+    )
+    pe.add_argument("--alcdef", action="store_true", help="also write an ALCDEF file")
+    pe.add_argument(
+        "--alcdef-meta",
+        action="append",
+        default=[],
+        help="ALCDEF KEYWORD=VALUE, e.g. OBJECTNUMBER=2713 CONTACTINFO=[me@x.org]; repeatable",
+    )
+
     d = sub.add_parser("demo", help="simulate a night, reduce it, compare with the truth")
     d.add_argument("--out", default="demo-output")
     d.add_argument("--frames", type=int, default=150)
@@ -170,6 +199,59 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _geometry(text: str) -> tuple[float, float, float | None]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"--geometry needs R,DELTA[,PHASE], got {text!r}")
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--geometry: {text!r} is not numbers") from None
+    return vals[0], vals[1], vals[2] if len(vals) == 3 else None
+
+
+def _cmd_period(a: argparse.Namespace) -> int:
+    from tsphot import pipeline
+    from tsphot.period import parse_period
+
+    meta = {}
+    for item in a.alcdef_meta:
+        if "=" not in item:
+            print(f"tsphot: error: --alcdef-meta {item!r} is not KEYWORD=VALUE", file=sys.stderr)
+            return 2
+        k, v = item.split("=", 1)
+        meta[k.strip().upper()] = v.strip()
+    meta.setdefault("OBJECTNAME", a.object)
+    summary = pipeline.period_search(
+        a.runs,
+        a.object,
+        a.out or f"period-{a.object}",
+        method=a.method,
+        min_period=parse_period(a.min) if a.min else None,
+        max_period=parse_period(a.max) if a.max else None,
+        order=a.order,
+        geometry=a.geometry,
+        ephemeris=a.ephemeris,
+        g_slope=a.g_slope,
+        shared_zero_point=a.shared_zero_point,
+        alcdef_meta=meta if a.alcdef else None,
+    )
+    line = (
+        f"{summary['object']}: P = {summary['period_h']:.6g} ± {summary['period_err_h']:.2g} h "
+        f"({summary['method']})"
+    )
+    if summary["fap"] is not None:
+        line += f", false-alarm probability {summary['fap']:.2g}"
+    print(line)
+    for note in summary["notes"]:
+        print(f"  note: {note}")
+    print(
+        f"  products in {summary['out']}"
+        + (f"; ALCDEF {summary['alcdef']}" if "alcdef" in summary else "")
+    )
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from tsphot import demo
 
@@ -182,7 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="tsphot: %(message)s")
     try:
-        return {"run": _cmd_run, "simulate": _cmd_simulate, "demo": _cmd_demo}[args.command](args)
+        commands = {
+            "run": _cmd_run,
+            "simulate": _cmd_simulate,
+            "demo": _cmd_demo,
+            "period": _cmd_period,
+        }
+        return commands[args.command](args)
     except TsphotError as exc:
         if args.debug:
             raise

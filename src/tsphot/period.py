@@ -423,6 +423,7 @@ def _scaled_aliases(
     step: float,
     threshold: float,
     max_aliases: int = 12,
+    refine: bool = True,
 ) -> list[Alias]:
     out: list[Alias] = []
     cand = _local_minima(prof)
@@ -432,8 +433,11 @@ def _scaled_aliases(
             continue
         if (prof[i] - chi2_best) / scale > threshold * 1.5 + 5:
             continue  # the coarse grid may sit a little off a minimum; refine only plausible ones
-        f_a, sig_a, _ = profile_error(profile, float(freqs[i]), step, scale, max_widen=0)
-        c_a = float(profile(np.array([f_a]))[0])
+        if refine:
+            f_a, sig_a, _ = profile_error(profile, float(freqs[i]), step, scale, max_widen=0)
+            c_a = float(profile(np.array([f_a]))[0])
+        else:  # the coarse grid's own minimum (its spacing as the error): cheap, a bit pessimistic
+            f_a, sig_a, c_a = float(freqs[i]), step, float(prof[i])
         d = (c_a - chi2_best) / scale
         if d < threshold and abs(f_a - best_f) > 2 * step:
             if all(abs(1 / f_a - a.period) > 0.5 * (sig_a / f_a**2) for a in out):
@@ -498,7 +502,17 @@ def _finish(
             "the profile chi-square does not rise by the 1-sigma step on both sides within the "
             "search: the period is not constrained by these data; the error is a lower limit"
         )
-    aliases = _scaled_aliases(freqs, prof, profile, f_best, scale, chi2_best, step, alias_threshold)
+    aliases = _scaled_aliases(
+        freqs,
+        prof,
+        profile,
+        f_best,
+        scale,
+        chi2_best,
+        step,
+        alias_threshold,
+        refine=method != "bls",
+    )
     if True:  # half and double periods are checked by every method
         for kind, fac in (("double", 0.5), ("half", 2.0)):
             # the lowest chi2 within one grid step of the exact half/double frequency
@@ -631,13 +645,15 @@ def bls_period(
         cad = float(np.median(np.diff(np.unique(s.t)))) if len(s.t) > 2 else min_period / 50
         # shorter boxes than three cadences or 1 % of the period are not resolved by the data
         lo = max(3 * cad, 0.01 * min_period)
-        hi = 0.2 * min_period
+        # eclipses last up to ~15 % of the period; astropy needs every box shorter than the
+        # shortest trial period, so half of it caps the longest box
+        hi = min(0.15 * max_period, 0.5 * min_period)
         if lo >= hi:
             raise PeriodError(
                 f"cadence {cad * 1440:.2g} min is too coarse for periods down to "
                 f"{min_period * 24:.3g} h with BLS; raise --min"
             )
-        durations = np.geomspace(lo, hi, 6)
+        durations = np.geomspace(lo, hi, 8)
     durations = np.asarray(durations, float)
     if durations.max() >= min_period:
         raise PeriodError("BLS durations must be shorter than the shortest trial period (--min)")
@@ -694,83 +710,139 @@ def trapezoid_shape(
     return np.clip((half - dt) / ramp, 0.0, 1.0)
 
 
+def _trapezoid_chi2(
+    s: Series, periods: np.ndarray, mids: np.ndarray, width: float, ingress: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chi2 and depth of trapezoids (fixed width/ingress) on a period × mid-time grid.
+
+    Depth and the per-night zero points are linear: they are solved in closed form for every
+    grid node at once (depth ≥ 0; a negative best depth means no eclipse, chi2 of zero points).
+    """
+    w = 1.0 / s.err**2
+    onehot = np.zeros((len(s.t), s.n_nights))
+    onehot[np.arange(len(s.t)), s.night] = 1.0
+    wk = onehot.T @ w  # (K,)
+    yk = onehot.T @ (w * s.mag)
+    chi0 = float(np.sum(w * s.mag**2) - np.sum(yk**2 / wk))
+    dt = s.t[None, None, :] - mids[None, :, None]
+    ph = np.abs((dt / periods[:, None, None] + 0.5) % 1.0 - 0.5) * periods[:, None, None]
+    h = np.clip((0.5 * width - ph) / max(ingress * width, 1e-9), 0.0, 1.0)  # (P, T, n)
+    hk = h @ (onehot * w[:, None])  # (P, T, K)
+    hy = h @ (w * s.mag)
+    hh = (h * h) @ w
+    num = hy - (hk * (yk / wk)).sum(axis=-1)
+    den = hh - (hk**2 / wk).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        depth = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    depth = np.clip(depth, 0.0, None)
+    return chi0 - depth * num * (den > 0), depth
+
+
 def _refine_trapezoid(s: Series, res: PeriodResult, step_f: float) -> None:
     """Refit the BLS box as a trapezoid with free period and per-night zero points.
 
-    A box has no ingress, so its chi-square jumps as points cross its edges and a Δχ² = 1
-    width measured on it is set by the sampling, not the data; the trapezoid is continuous in
-    all its parameters, so its covariance (the chi-square curvature) gives the period error.
+    A box has no ingress, so its chi-square jumps as points cross its edges. The trapezoid
+    (flat bottom, linear ingress and egress) is continuous in its parameters; depth and zero
+    points are linear and solved exactly (variable projection). The period's error is read
+    from the profile chi-square in period (mid-time refitted, width and ingress held at their
+    best values): the hull of periods within Δχ² = max(1, χ²_ν) of the minimum. With few points
+    in eclipse that profile is ragged and the curvature at the minimum alone would claim far
+    too small an error; the hull does not.
     """
     from scipy.optimize import least_squares
 
     box = res.params
     p0, w0 = res.period, box["duration_d"]
-    d0 = max(1.0857 * box["depth"], 1e-4)
-    x0 = np.array([p0, box["transit_time"], d0, w0, 0.3, *box["zero_points"]])
-    lo = np.array([p0 * 0.99, x0[1] - 0.5 * w0, 0.0, 0.2 * w0, 0.02, *(x0[5:] - 1.0)])
-    hi = np.array(
-        [p0 * 1.01, x0[1] + 0.5 * w0, 10 * d0 + 1, min(3 * w0, 0.5 * p0), 0.5, *(x0[5:] + 1.0)]
-    )
+    k_n = s.n_nights
+    onehot = np.zeros((len(s.t), k_n))
+    onehot[np.arange(len(s.t)), s.night] = 1.0
+    iw = 1.0 / s.err
 
-    def resid(x: np.ndarray) -> np.ndarray:
-        shape = trapezoid_shape(s.t, x[0], x[1], x[3], x[4])
-        return (s.mag - x[5:][s.night] - x[2] * shape) / s.err
+    def resid(q: np.ndarray) -> np.ndarray:
+        h = trapezoid_shape(s.t, q[0], q[1], q[2], q[3])
+        x = np.hstack([onehot, h[:, None]])
+        coef = np.linalg.lstsq(x * iw[:, None], s.mag * iw, rcond=None)[0]
+        return (s.mag - x @ coef) * iw
 
+    # the mid-time nearest the middle of the data: there period and mid-time are uncorrelated
+    t_mean = float(np.average(s.t, weights=iw**2))
+    tc0 = box["transit_time"] + np.round((t_mean - box["transit_time"]) / p0) * p0
+    q0 = np.array([p0, tc0, w0, 0.3])
+    lo = np.array([p0 * 0.99, tc0 - 0.5 * w0, 0.2 * w0, 0.02])
+    hi = np.array([p0 * 1.01, tc0 + 0.5 * w0, min(3 * w0, 0.45 * p0), 0.5])
     try:
-        # a few ingress fractions to start from: the chi-square in it has local minima
         fits = []
-        for r0 in (0.1, 0.3, 0.5):
-            x0[4] = r0
-            fits.append(
-                least_squares(
-                    resid,
-                    np.clip(x0, lo, hi),
-                    bounds=(lo, hi),
-                    x_scale="jac",
-                    ftol=1e-12,
-                    xtol=1e-12,
-                    gtol=1e-12,
-                )
-            )
-        fit = min(fits, key=lambda f: f.cost)
-        jac = fit.jac
-        cov = np.linalg.inv(jac.T @ jac)
+        for r0 in (0.1, 0.3, 0.5):  # the chi-square in the ingress has local minima
+            q0[3] = r0
+            fits.append(least_squares(resid, np.clip(q0, lo, hi), bounds=(lo, hi), x_scale="jac"))
+        q = min(fits, key=lambda f: f.cost).x
     except (ValueError, np.linalg.LinAlgError) as exc:
         res.notes.append(f"trapezoid refinement failed ({exc}); period error from the box profile")
         return
-    chi2 = float(np.sum(fit.fun**2))
-    dof = len(s.t) - len(x0)
-    scale = max(1.0, chi2 / max(dof, 1))
-    sig_p = float(np.sqrt(cov[0, 0] * scale))
-    x = fit.x
-    if not np.isfinite(sig_p) or sig_p <= 0 or x[2] <= 0:
-        res.notes.append("trapezoid refinement did not converge; period error from the box profile")
+    width, ingress = float(q[2]), float(q[3])
+    dof = len(s.t) - (4 + k_n + 1)
+    n_cyc = max(float(np.ptp(s.t)) / q[0], 1.0)
+    half_p = max(3.0 * res.period_err, 0.05 * width / n_cyc, 1e-7 * q[0])
+    half_t = 0.5 * width
+    p_c, t_c = float(q[0]), float(q[1])
+    for _ in range(6):
+        periods = p_c + np.linspace(-half_p, half_p, 61)
+        mids = t_c + np.linspace(-half_t, half_t, 41)
+        chi, _ = _trapezoid_chi2(s, periods, mids, width, ingress)
+        prof = chi.min(axis=1)
+        i_min = int(np.argmin(prof))
+        scale = max(1.0, float(prof[i_min]) / max(dof, 1))
+        inside = np.flatnonzero(prof <= prof[i_min] + scale)
+        j_t = int(np.argmin(chi[i_min]))
+        p_c, t_c = float(periods[i_min]), float(mids[j_t])
+        if inside[0] == 0 or inside[-1] == periods.size - 1:
+            half_p *= 2.5  # the hull reaches the window edge: widen
+            continue
+        if inside[-1] - inside[0] < 8:
+            half_p = max(0.75 * (inside[-1] - inside[0] + 2) * (periods[1] - periods[0]), 1e-9)
+            half_t = max(4 * (mids[1] - mids[0]), 1e-6)
+            continue
+        break
+    thr = prof[i_min] + scale
+    j, k = inside[0], inside[-1]
+    p_lo = periods[j] if j == 0 else np.interp(thr, prof[[j, j - 1]], periods[[j, j - 1]])
+    p_hi = (
+        periods[k]
+        if k == periods.size - 1
+        else np.interp(thr, prof[[k, k + 1]], periods[[k, k + 1]])
+    )
+    if j == 0 or k == periods.size - 1:
+        res.notes.append("the trapezoid profile does not close within its window: error too small")
+    q_best = np.array([p_c, t_c, width, ingress])
+    h = trapezoid_shape(s.t, *q_best)
+    x_lin = np.hstack([onehot, h[:, None]])
+    coef = np.linalg.lstsq(x_lin * iw[:, None], s.mag * iw, rcond=None)[0]
+    depth = float(coef[-1])
+    if depth <= 0:
+        res.notes.append("trapezoid refinement found no eclipse; period error from the box profile")
         return
-    at_bound = bool(np.isclose(x[0], lo[0]) or np.isclose(x[0], hi[0]))
-    if at_bound:
-        res.notes.append("trapezoid period hit its ±1 % bound; period error from the box profile")
-        return
+    chi2 = float(np.sum(((s.mag - x_lin @ coef) * iw) ** 2))
+    cov = np.linalg.pinv((x_lin * iw[:, None]).T @ (x_lin * iw[:, None]))
     res.params = {
         "shape": "trapezoid",
-        "depth_mag": float(x[2]),
-        "depth_mag_err": float(np.sqrt(cov[2, 2] * scale)),
-        "duration_d": float(x[3]),
-        "ingress_fraction": float(x[4]),
-        "transit_time": float(x[1]),
-        "transit_time_err": float(np.sqrt(cov[1, 1] * scale)),
-        "zero_points": x[5:].tolist(),
-        "bls_box": {k: v for k, v in box.items() if k not in ("zero_points", "shape")},
+        "depth_mag": depth,
+        "depth_mag_err": float(np.sqrt(max(cov[-1, -1], 0.0) * scale)),
+        "duration_d": width,
+        "ingress_fraction": ingress,
+        "transit_time": t_c,
+        "zero_points": coef[:-1].tolist(),
+        "bls_box": {k_: v for k_, v in box.items() if k_ not in ("zero_points", "shape")},
     }
-    res.period = float(x[0])
-    res.period_err = sig_p
-    res.epoch = float(x[1])
+    res.period = p_c
+    res.period_err = float(0.5 * (p_hi - p_lo))
+    res.epoch = t_c
     res.chi2 = chi2
     res.dof = int(dof)
     res.chi2_red = chi2 / max(dof, 1)
     res.uncertainty_method = (
-        "BLS locates the period; a trapezoid (depth, duration, ingress, mid-time, period and "
-        "per-night zero points) fitted by least squares refines it; error from its covariance "
-        f"(chi-square curvature, Δχ² = 1) times max(1, chi2_red) = {scale:.3g}"
+        "BLS locates the period; a trapezoid (depth, duration, ingress, mid-time, per-night zero "
+        "points) refines it; error = half the span of periods whose profile chi-square (mid-time "
+        f"refitted) is within Δχ² = max(1, chi2_red) = {scale:.3g} of the minimum"
     )
 
 

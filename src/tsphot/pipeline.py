@@ -480,4 +480,152 @@ def _progress(total: int, quiet: bool):
     return step
 
 
-__all__ = ["FrameResult", "Plan", "PlanObject", "TsphotError", "measure_frame", "plan_run", "run"]
+def period_search(
+    run_dirs: list[str],
+    name: str,
+    out: str | Path,
+    method: str = "fourier",
+    min_period: float | None = None,
+    max_period: float | None = None,
+    order: int = 4,
+    geometry: list[tuple[float, float, float | None]] | None = None,
+    ephemeris: str | None = None,
+    g_slope: float = 0.15,
+    shared_zero_point: bool = False,
+    alcdef_meta: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """`tsphot period`: join runs' light curves of one object, find its period, write products.
+
+    Periods in days. ``geometry`` gives (r au, Δ au, phase deg or None) per run, or
+    ``ephemeris`` a table to interpolate; either makes the times light-time corrected JD_UTC
+    and the magnitudes reduced (asteroid mode); otherwise BJD_TDB and magnitudes as measured.
+    """
+    from tsphot import period as pm
+    from tsphot.products import alcdef, periods
+
+    if not run_dirs:
+        raise SettingsError("tsphot period needs at least one run folder")
+    if geometry is not None and len(geometry) != len(run_dirs):
+        raise SettingsError(
+            f"--geometry given {len(geometry)} times for {len(run_dirs)} runs: give one "
+            "R,DELTA,PHASE per run folder, in the same order"
+        )
+    if geometry is not None and ephemeris is not None:
+        raise SettingsError("give either --geometry per run or --ephemeris, not both")
+    eph = periods.read_ephemeris(ephemeris) if ephemeris is not None else None
+    asteroid = geometry is not None or eph is not None
+    times, mags, errs, names, sessions, records = [], [], [], [], [], []
+    for k, run in enumerate(run_dirs):
+        t, rec = periods.read_lightcurve(run, name)
+        ok = periods.usable(t)
+        if ok.sum() == 0:
+            log.warning("%s: no usable points of %s; left out", run, name)
+            continue
+        jd = np.asarray(t["JD_UTC"], float)[ok]
+        mag = np.asarray(t["diff_mag"], float)[ok]
+        err = np.asarray(t["diff_mag_err"], float)[ok]
+        phase = None
+        if asteroid:
+            if geometry is not None:
+                r_au, d_au, phase = geometry[k]
+                r_arr, d_arr = np.full(jd.size, r_au), np.full(jd.size, d_au)
+                ph_arr = None if phase is None else np.full(jd.size, phase)
+            else:
+                r_arr, d_arr, ph_arr = periods.interpolate_ephemeris(eph, jd, str(ephemeris))
+                phase = None if ph_arr is None else float(np.mean(ph_arr))
+            tt, mm = pm.asteroid_correct(jd, mag, r_arr, d_arr, ph_arr, g_slope)
+        else:
+            tt, mm = np.asarray(t["BJD_TDB"], float)[ok] if "BJD_TDB" in t.colnames else jd, mag
+            if not np.all(np.isfinite(tt)):
+                tt = jd
+        times.append(tt)
+        mags.append(mm)
+        errs.append(err)
+        names.append(Path(run).name or str(run))
+        am = np.asarray(t["airmass"], float)[ok] if "airmass" in t.colnames else None
+        sessions.append(alcdef.Session(jd, mag, err, am, phase_deg=phase))
+        records.append(rec)
+    if not times:
+        raise SettingsError(f"no usable points of {name} in any of {', '.join(run_dirs)}")
+    series = pm.make_series(times, mags, errs, names)
+    if shared_zero_point:
+        series.night = np.zeros_like(series.night)
+        series.night_names = ["+".join(series.night_names)]
+    span = float(np.ptp(series.t))
+    lo = min_period if min_period is not None else max(span / len(series.t), 1 / 24 / 4)
+    hi = max_period if max_period is not None else max(span, 2 * lo)
+    res = pm.find_period(series, method, lo, hi, order=order)
+    context = {
+        "object": name,
+        "runs": [str(r) for r in run_dirs],
+        "search_min_period_d": lo,
+        "search_max_period_d": hi,
+        "time_system": "JD_UTC minus light time Δ/c (asteroid)" if asteroid else "BJD_TDB",
+        "magnitudes": _magnitude_note(asteroid, sessions, g_slope),
+        "zero_points": "one shared"
+        if shared_zero_point
+        else "one per night, fitted with the period",
+    }
+    out = Path(out)
+    rec = periods.write_period_products(res, series, out, context, name)
+    summary = {
+        "out": str(out),
+        "object": name,
+        "method": res.method,
+        "period_h": res.period * 24,
+        "period_err_h": res.period_err * 24,
+        "fap": res.fap,
+        "aliases_unresolved": res.aliases_unresolved,
+        "aliases_h": [
+            round(a.period * 24, 6) for a in res.aliases if a.delta_chi2 < pm.ALIAS_THRESHOLD
+        ],
+        "notes": res.notes,
+        "record": rec,
+    }
+    if alcdef_meta is not None:
+        meta = dict(alcdef_meta)
+        site = next((r.get("settings", {}).get("site") for r in records if r), None)
+        if site and "OBSLATITUDE" not in meta:
+            meta["OBSLATITUDE"] = f"{float(site[0]):+.4f}"
+            meta["OBSLONGITUDE"] = f"{(float(site[1]) + 180) % 360 - 180:+.4f}"
+        for s, rec_k in zip(sessions, records, strict=True):
+            n_comp = sum(1 for c in rec_k.get("comparison_stars", []) if c.get("used"))
+            s.comments.append(
+                "Differential magnitudes against a weighted ensemble of "
+                f"{n_comp or 'several'} comparison stars (tsphot, Everett and Howell 2001)"
+            )
+            s.comments.append("JD is mid-exposure UTC, not light-time corrected")
+        safe = periods.safe_name(name)
+        text = alcdef.write_text(meta, sessions)
+        path = out / f"alcdef_{safe}.txt"
+        export_atomic(path, text)
+        summary["alcdef"] = str(path)
+    return summary
+
+
+def _magnitude_note(asteroid: bool, sessions: list, g_slope: float) -> str:
+    if not asteroid:
+        return "differential (diff_mag), as measured"
+    note = "differential, reduced to r = Δ = 1 au"
+    if any(s.phase_deg is not None for s in sessions):
+        note += f" and to zero phase angle (H, G system, G = {g_slope})"
+    return note
+
+
+def export_atomic(path: Path, text: str) -> None:
+    """Write a text product atomically."""
+    from tsphot.products.export import atomic_write
+
+    atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+__all__ = [
+    "FrameResult",
+    "Plan",
+    "PlanObject",
+    "TsphotError",
+    "measure_frame",
+    "period_search",
+    "plan_run",
+    "run",
+]
