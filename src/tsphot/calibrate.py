@@ -71,7 +71,10 @@ class Masters:
 def load_masters_npz(path: str) -> Masters:
     """Masters saved with np.savez(**Masters.arrays())."""
     with np.load(path) as z:
-        return Masters(**{k: z[k] for k in ("bias", "dark_rate", "flat", "bad") if k in z})
+        m = Masters(**{k: z[k] for k in ("bias", "dark_rate", "flat", "bad") if k in z})
+        if "choice" in z:
+            m.choice = json.loads(str(z["choice"]))
+    return m
 
 
 # ----------------------------------------------------------------------------- sections
@@ -635,7 +638,11 @@ def build_library(
     if existing is None and (folder / LIBRARY_INDEX).is_file():
         lib = load_library(folder)
     usable = []
+    seen: set[str] = set()
     for i in infos:
+        if os.path.realpath(i.path) in seen:
+            continue  # given twice (a folder and a --bias list)
+        seen.add(os.path.realpath(i.path))
         if i.status not in ("ok", "duplicate"):
             lib.notes.append(f"skipped {i.path}: {i.reason}")
         else:

@@ -78,9 +78,35 @@ def _parser() -> argparse.ArgumentParser:
         help="leave out frames under thicker cloud than this fraction of median flux (0.3)",
     )
     r.add_argument("--outlier-sigma", type=float, help="flag points this many sigma off (5)")
+    _calibration_flags(r)
+    r.add_argument(
+        "--save-calibrated",
+        action="store_true",
+        help="write calibrated frames (provenance in their headers) to OUT/calibrated",
+    )
     r.add_argument("--executor", choices=["serial", "processes"])
     r.add_argument("--workers", type=int)
     r.add_argument("--quiet", action="store_true", help="no progress output")
+
+    c = sub.add_parser(
+        "calibrate",
+        help="build a calibration library from raw frames (sorted by IMAGETYP); "
+        "optionally calibrate the light frames",
+    )
+    c.add_argument("frames", nargs="+", help="raw frames of any kind: files, folders or globs")
+    c.add_argument("--library", required=True, help="library folder (created or added to)")
+    c.add_argument("--bias", nargs="+", default=[], help="frames to use as bias, whatever IMAGETYP")
+    c.add_argument("--dark", nargs="+", default=[], help="frames to use as darks")
+    c.add_argument("--flat", nargs="+", default=[], help="frames to use as flats")
+    c.add_argument(
+        "--save-calibrated",
+        action="store_true",
+        help="calibrate the light frames among FRAMES and write them to --out",
+    )
+    c.add_argument("--out", default="calibrated", help="folder for calibrated frames")
+    c.add_argument("--gain", type=float, help="e-/ADU (for L.A.Cosmic; overrides the header)")
+    c.add_argument("--read-noise", type=float, help="e- (for L.A.Cosmic)")
+    _calibration_flags(c, library=False)
 
     s = sub.add_parser("simulate", help="simulate an observing night with known truth")
     s.add_argument("--out", required=True)
@@ -138,6 +164,72 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _calibration_flags(p: argparse.ArgumentParser, library: bool = True) -> None:
+    if library:
+        p.add_argument(
+            "--library",
+            help="calibration library folder: masters chosen per frame (tsphot calibrate)",
+        )
+    p.add_argument(
+        "--linearity-limit", type=float, help="raw ADU where the camera stops being linear"
+    )
+    p.add_argument(
+        "--lacosmic", action="store_true", help="clean cosmic rays with L.A.Cosmic (astroscrappy)"
+    )
+    p.add_argument("--memory-mb", type=float, help="memory budget for combining masters (512)")
+    p.add_argument(
+        "--profile",
+        choices=["generic", "maxim", "sbig", "nina", "theskyx", "microobservatory"],
+        help="instrument profile (default: detected from each header)",
+    )
+
+
+def _calibration_settings(a: argparse.Namespace) -> dict:
+    return {
+        "library": a.library,
+        "linearity_limit": a.linearity_limit,
+        "lacosmic": a.lacosmic or None,
+        "memory_mb": a.memory_mb,
+        "profile": a.profile,
+        "save_calibrated": a.save_calibrated or None,
+    }
+
+
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    from tsphot import pipeline
+    from tsphot.settings import make_settings
+
+    settings = make_settings(
+        None,
+        frames=a.frames,
+        out=a.out,
+        bias=a.bias,
+        dark=a.dark,
+        flat=a.flat,
+        gain=a.gain,
+        read_noise=a.read_noise,
+        **_calibration_settings(a),
+    )
+    summary = pipeline.calibrate_command(settings)
+    print(f"library {summary['library']}: {len(summary['masters'])} masters")
+    for name in summary["masters"]:
+        print(f"  {name}")
+    for note in summary["notes"]:
+        print(f"  note: {note}")
+    for row in summary["frames"]:
+        if row["status"] != "ok":
+            print(f"  {row['file']}: {row['status']}: {row['why']}")
+            continue
+        ch = row["choice"]
+        used = ", ".join(f"{k} {v['file']}" for k, v in ch.items() if v.get("file"))
+        scale = ch["dark"].get("scale")
+        extra = f" (dark x{scale:.4g})" if scale not in (None, 1.0) else ""
+        print(f"  {row['file']}: {used or 'no masters'}{extra}")
+    if summary["unclassified"]:
+        print(f"  no IMAGETYP, treated as light: {', '.join(summary['unclassified'][:5])}")
+    return 0
+
+
 def _cmd_run(a: argparse.Namespace) -> int:
     from tsphot import pipeline
     from tsphot.settings import make_settings, parse_object
@@ -166,6 +258,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
         "executor": a.executor,
         "workers": a.workers,
         "quiet": a.quiet or None,
+        **_calibration_settings(a),
     }
     settings = make_settings(a.config, **flags)
     summary = pipeline.run(settings)
@@ -266,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {
             "run": _cmd_run,
+            "calibrate": _cmd_calibrate,
             "simulate": _cmd_simulate,
             "demo": _cmd_demo,
             "period": _cmd_period,

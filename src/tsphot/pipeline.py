@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,12 @@ class Plan:
     shape: tuple[int, int]
     clean_cosmics: bool = False
     gain_source: str = "header"  # header | settings | assumed | estimated
+    # calibration: masters per frame index (else masters_file), and what to do per frame
+    masters_by_frame: dict[int, str] = field(default_factory=dict)
+    linearity_limit: float | None = None
+    lacosmic: bool = False
+    read_noise: float | None = None
+    save_calibrated: str | None = None  # folder for calibrated frames, if asked
 
 
 @dataclass
@@ -75,14 +83,10 @@ def _masters(path: str | None) -> calibrate.Masters:
     """Load the masters once per worker process."""
     if path is None:
         return calibrate.Masters()
-    if path not in _MASTERS_CACHE:
-        with np.load(path) as z:
-            _MASTERS_CACHE[path] = calibrate.Masters(
-                bias=z["bias"] if "bias" in z else None,
-                dark_rate=z["dark_rate"] if "dark_rate" in z else None,
-                flat=z["flat"] if "flat" in z else None,
-            )
-    return _MASTERS_CACHE[path]
+    key = f"{path}:{os.stat(path).st_mtime_ns}"  # a rerun into the same folder rewrites it
+    if key not in _MASTERS_CACHE:
+        _MASTERS_CACHE[key] = calibrate.load_masters_npz(path)
+    return _MASTERS_CACHE[key]
 
 
 def _empty_columns(n_obj: int, n_r: int) -> dict[str, np.ndarray]:
@@ -113,7 +117,7 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         res.status, res.reason = info.status, info.reason
         return res
     try:
-        raw, _ = ingest.read_pixels(info.path, info.pedestal)
+        raw, header = ingest.read_pixels(info.path, info.pedestal)
         if raw.shape != plan.shape:
             raise FrameError(
                 f"{info.path}: frame size {raw.shape[::-1]} differs from {plan.shape[::-1]}"
@@ -123,7 +127,22 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
             raise FrameError(f"{info.path}: more than half the pixels are NaN or infinite")
         if np.nanstd(raw) == 0:
             raise FrameError(f"{info.path}: image is constant ({np.nanmax(raw)} ADU); empty frame")
-        data = calibrate.apply(raw, info.exptime, _masters(plan.masters_file))
+        masters = _masters(plan.masters_by_frame.get(info.index, plan.masters_file))
+        data, steps = calibrate.calibrate_frame(
+            raw,
+            info,
+            masters,
+            linearity_limit=plan.linearity_limit,
+            lacosmic=plan.lacosmic,
+            gain=plan.gain,
+            read_noise=plan.read_noise,
+        )
+        raw = calibrate.trim(raw, info.sections)  # the raw peak, over the same pixels
+        if plan.save_calibrated:
+            name = Path(info.path).name.split(".fit")[0] + "_cal.fits"
+            calibrate.write_calibrated(
+                Path(plan.save_calibrated) / name, data, header, steps, info.sections
+            )
         # Registration needs only the bright stars: a high threshold keeps detection cheap;
         # thin or cloudy frames fall back to the user's threshold.
         src = detect.find_sources(
@@ -158,6 +177,7 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
             saturation=plan.saturation,
             fwhm=res.fwhm,
             clean_cosmics=plan.clean_cosmics,
+            bad_mask=masters.bad,
         )
         cols = res.columns
         cols.update({k: m[k] for k in m})
@@ -238,38 +258,29 @@ def _choose_comps(
     return chosen
 
 
-def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Plan, dict[str, Any]]:
+def plan_run(
+    settings: Settings,
+    frames: list[FrameInfo],
+    out: Path,
+    calibration_frames: list[FrameInfo] | None = None,
+) -> tuple[Plan, dict[str, Any]]:
     """Choose the reference frame, build the masters, place every object and the apertures."""
     ok = [f for f in frames if f.status == "ok"]
     if not ok:
         raise InputError("no usable exposure: " + "; ".join(f.reason for f in frames[:5]))
     shape = ok[0].shape
     notes: dict[str, Any] = {"assumed": []}
-    masters = calibrate.build_masters(
-        ingest.expand_inputs(settings.bias),
-        ingest.expand_inputs(settings.dark),
-        ingest.expand_inputs(settings.flat),
-        shape,
-    )
-    masters_file = None
-    if not masters.empty:
-        masters_file = str(out / "masters.npz")
-        arrays = {
-            k: v for k in ("bias", "dark_rate", "flat") if (v := getattr(masters, k)) is not None
-        }
-        np.savez(masters_file, **arrays)
-        notes["calibration"] = masters.provenance
-    else:
-        notes["calibration"] = []
-        notes["assumed"].append("no calibration frames given: frames measured uncalibrated")
+    masters_by_frame = _calibration(settings, ok, calibration_frames or [], out, notes)
+    masters_file = next(iter(masters_by_frame.values()), None)
 
     ref, ref_data, ref_header, src = None, None, None, None
     for f in ok:
         try:
             raw, header = ingest.read_pixels(f.path, f.pedestal)
+            masters = _masters(masters_by_frame.get(f.index))
+            data, _ = calibrate.calibrate_frame(raw, f, masters)
         except InputError:
             continue
-        data = calibrate.apply(raw, f.exptime, masters)
         s = detect.find_sources(data, settings.detect_sigma, saturation=f.saturation)
         if len(s) >= 5:
             ref, ref_data, ref_header, src = f, data, header, s
@@ -285,6 +296,8 @@ def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Pl
         # measured at 1 e-/ADU; run() estimates the gain from the stars after measuring
         gain, gain_source = 1.0, "assumed"
     saturation = settings.saturation or ref.saturation or 65535.0
+    if settings.linearity_limit is not None:
+        saturation = min(saturation, settings.linearity_limit)
     fwhm = src.fwhm if np.isfinite(src.fwhm) else 4.0
     if settings.aperture is not None:
         radii = tuple(sorted({settings.aperture, *settings.radii}))
@@ -359,7 +372,17 @@ def plan_run(settings: Settings, frames: list[FrameInfo], out: Path) -> tuple[Pl
         shape=shape,
         clean_cosmics=settings.clean_cosmics,
         gain_source=gain_source,
+        masters_by_frame=masters_by_frame,
+        linearity_limit=settings.linearity_limit,
+        lacosmic=settings.lacosmic,
+        read_noise=settings.read_noise or ref.read_noise,
+        save_calibrated=str(out / "calibrated") if settings.save_calibrated else None,
     )
+    if settings.lacosmic and plan.read_noise is None:
+        notes["assumed"].append(
+            "L.A.Cosmic: no read noise in the header or settings; noise from photons alone "
+            "(--read-noise)"
+        )
     notes["reference_header"] = ref_header
     return plan, notes
 
@@ -390,11 +413,19 @@ def run(settings: Settings) -> dict[str, Any]:
         "saturation": settings.saturation,
         "time_is": settings.time_keyword_is,
     }
-    frames = ingest.ingest(paths, overrides)
+    overrides["profile"] = settings.profile
+    # Calibration frames among the inputs are sorted out by their headers (IMAGETYP).
+    science, cal_found = calibrate.split_by_kind([ingest.read_header(p, overrides) for p in paths])
+    if cal_found and not science:
+        raise InputError(
+            f"all {len(cal_found)} frames given are calibration frames (IMAGETYP bias, dark or "
+            "flat); give the science exposures too, or build a library with tsphot calibrate"
+        )
+    frames = ingest.order_frames(science)
     for f in frames:
         if f.status != "ok":
             log.warning("%s", f.reason)
-    plan, notes = plan_run(settings, frames, out)
+    plan, notes = plan_run(settings, frames, out, calibration_frames=cal_found)
     results: list[FrameResult] = []
     progress = _progress(len(frames), settings.quiet)
     for r in map_ordered(
@@ -459,6 +490,134 @@ def _settle_gain(
     return dataclasses.replace(plan, gain=est.gain, gain_source="estimated"), rescale_results(
         results, factor
     )
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def _given_calibration(settings: Settings) -> list[FrameInfo]:
+    """Frames given with --bias/--dark/--flat; the option says their kind."""
+    infos = []
+    for kind in ("bias", "dark", "flat"):
+        for p in ingest.expand_inputs(getattr(settings, kind)):
+            info = ingest.read_header(p, {"profile": settings.profile})
+            if info.kind not in ("", kind) and not (kind == "dark" and info.kind == "darkflat"):
+                log.warning(
+                    "%s: given as %s but IMAGETYP says %s; used as %s", p, kind, info.kind, kind
+                )
+            info.kind = kind if info.kind != "darkflat" else info.kind
+            infos.append(info)
+    return infos
+
+
+def _calibration(
+    settings: Settings,
+    frames: list[FrameInfo],
+    found: list[FrameInfo],
+    out: Path,
+    notes: dict[str, Any],
+) -> dict[int, str]:
+    """Build or open the calibration library, choose masters per frame, save each set once.
+
+    Returns frame index -> masters .npz; the library, masters and choices go into notes.
+    """
+    cal = _given_calibration(settings) + list(found)
+    lib = None
+    folder = Path(settings.library) if settings.library else out / "calibration"
+    if cal:
+        lib = calibrate.build_library(
+            cal, folder, memory_mb=settings.memory_mb, linearity_limit=settings.linearity_limit
+        )
+    elif settings.library:
+        lib = calibrate.load_library(settings.library)
+    if lib is None or not lib.entries:
+        notes["calibration"] = {}
+        notes["assumed"].append("no calibration frames given: frames measured uncalibrated")
+        return {}
+    by_frame: dict[int, str] = {}
+    sets: dict[str, tuple[str, dict[str, Any], list[str]]] = {}
+    for f in frames:
+        choice = calibrate.select_masters(lib, f)
+        files = {k: (v.get("file"), v.get("bias_included")) for k, v in choice.items()}
+        key = json.dumps(files, sort_keys=True)
+        if key not in sets:
+            path = str(out / f"masters_{len(sets)}.npz")
+            m = calibrate.masters_for(lib, choice)
+            np.savez(path, **m.arrays(), choice=np.array(json.dumps(choice)))
+            sets[key] = (path, choice, [])
+        by_frame[f.index] = sets[key][0]
+        sets[key][2].append(Path(f.path).name)
+    for _, choice, names in sets.values():
+        for kind, c in choice.items():
+            if c.get("file") is None and kind != "bpm":
+                notes["assumed"].append(f"{len(names)} frames without a {kind}: {c['why']}")
+    notes["calibration"] = {
+        "library": str(lib.folder),
+        "masters": [
+            {k: e.get(k) for k in ("type", "file", "n_frames", "exptime", "filter", "night")}
+            | ({"bad_pixels": e["counts"]} if "counts" in e else {})
+            for e in lib.entries
+        ],
+        "choices": [{"frames": names, **choice} for _, choice, names in sets.values()],
+        "notes": lib.notes,
+    }
+    return by_frame
+
+
+def calibrate_command(settings: Settings) -> dict[str, Any]:
+    """`tsphot calibrate`: build a library from mixed raw frames; calibrate the lights if asked."""
+    if not settings.library:
+        raise SettingsError("tsphot calibrate needs --library DIR (where the masters go)")
+    paths = ingest.expand_inputs(settings.frames)
+    overrides = {"profile": settings.profile, "gain": settings.gain}
+    infos = [ingest.read_header(p, overrides) for p in paths]
+    science, cal = calibrate.split_by_kind(infos)
+    cal += _given_calibration(settings)
+    unknown = [i for i in science if i.kind != "light"]
+    lib = calibrate.build_library(
+        cal,
+        settings.library,
+        memory_mb=settings.memory_mb,
+        linearity_limit=settings.linearity_limit,
+    )
+    summary: dict[str, Any] = {
+        "library": str(lib.folder),
+        "masters": [e["file"] for e in lib.entries],
+        "notes": lib.notes,
+        "frames": [],
+        "unclassified": [Path(i.path).name for i in unknown if i.status == "ok"],
+    }
+    out = Path(settings.out) if settings.save_calibrated else None
+    for info in science:
+        if info.status != "ok":
+            summary["frames"].append({"file": info.path, "status": info.status, "why": info.reason})
+            continue
+        choice = calibrate.select_masters(lib, info)
+        row: dict[str, Any] = {"file": Path(info.path).name, "status": "ok", "choice": choice}
+        if out is not None:
+            try:
+                raw, header = ingest.read_pixels(info.path, info.pedestal)
+                data, steps = calibrate.calibrate_frame(
+                    raw,
+                    info,
+                    calibrate.masters_for(lib, choice),
+                    linearity_limit=settings.linearity_limit,
+                    lacosmic=settings.lacosmic,
+                    gain=settings.gain or info.gain,
+                    read_noise=settings.read_noise or info.read_noise,
+                )
+                name = Path(info.path).name.split(".fit")[0] + "_cal.fits"
+                row["written"] = calibrate.write_calibrated(
+                    out / name, data, header, steps, info.sections
+                )
+                row["steps"] = steps
+            except TsphotError as exc:  # one bad exposure never ends the run
+                row.update(status="failed", why=str(exc))
+        summary["frames"].append(row)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "calibration.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
 
 
 def _progress(total: int, quiet: bool):

@@ -68,6 +68,31 @@ class Settings(BaseModel):
     bias: list[str] = Field(default_factory=list, description="raw bias frames or one master")
     dark: list[str] = Field(default_factory=list, description="raw dark frames or one master")
     flat: list[str] = Field(default_factory=list, description="raw flat frames or one master")
+    library: str | None = Field(
+        None,
+        description="calibration library folder (tsphot calibrate): masters chosen per frame; "
+        "raw calibration frames given or found among the frames are added to it",
+    )
+    save_calibrated: bool = Field(
+        False, description="write calibrated frames (with provenance headers) to OUT/calibrated"
+    )
+    linearity_limit: float | None = Field(
+        None,
+        gt=0,
+        description="raw ADU above which the camera is not linear: such stars are flagged "
+        "like saturated ones, such flats left out",
+    )
+    lacosmic: bool = Field(
+        False, description="clean cosmic rays in the whole frame with L.A.Cosmic (astroscrappy)"
+    )
+    memory_mb: float = Field(
+        512.0, gt=0, description="memory budget for combining calibration frames (MB)"
+    )
+    profile: str | None = Field(
+        None,
+        description="instrument profile (generic, maxim, sbig, nina, theskyx, "
+        "microobservatory); none: detected from each header",
+    )
     targets: list[ObjectSpec] = Field(default_factory=list)
     comps: list[ObjectSpec] = Field(default_factory=list, description="none: choose automatically")
     checks: list[ObjectSpec] = Field(default_factory=list)
@@ -129,6 +154,15 @@ class Settings(BaseModel):
     seed: int = 0
     quiet: bool = False
 
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: str | None) -> str | None:
+        from tsphot.ingest import PROFILES
+
+        if v is not None and v not in PROFILES:
+            raise ValueError(f"unknown profile {v!r}; choose one of {sorted(PROFILES)}")
+        return v
+
     @field_validator("annulus")
     @classmethod
     def _annulus_order(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
@@ -181,6 +215,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     for key in ("frames", "bias", "dark", "flat"):
         if key in data:
             data[key] = [str(base / p) if not Path(p).is_absolute() else p for p in data[key]]
+    if isinstance(data.get("library"), str) and not Path(data["library"]).is_absolute():
+        data["library"] = str(base / data["library"])
     if "out" in data and not Path(data["out"]).is_absolute():
         data["out"] = str(base / data["out"])
     return data

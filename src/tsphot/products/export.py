@@ -78,6 +78,7 @@ def results_table(
             "sky_area",
             "peak",
             "saturated",
+            "bad_pixel",
             "status",
             "reason",
         )
@@ -112,6 +113,10 @@ def results_table(
             rows["sky_area"].append(int(c["n_sky"][oi]))
             rows["peak"].append(c["peak"][oi])
             rows["saturated"].append(bool(c["saturated"][oi]))
+            bad_px = bool(c.get("bad_pixel", np.zeros(len(plan.objects), bool))[oi])
+            rows["bad_pixel"].append(bad_px)
+            if bad_px and st == "ok":
+                reason = "a hot, dead or unstable pixel (calibration mask) is in the aperture"
             rows["status"].append(st)
             rows["reason"].append(reason)
     t = QTable(rows)
