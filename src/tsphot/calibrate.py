@@ -165,39 +165,48 @@ def _clipped_mean(a: np.ndarray, sigma: float = 3.0) -> np.ndarray:
 def _combine_block(
     block: np.ndarray, method: str, sigma: float, want_spread: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Sigma-clipped (median ± sigma × MAD std, 3 passes) median or mean along axis 0."""
-    data = np.array(block, dtype=np.float32)
-    if data.shape[0] >= 3:
+    """Sigma-clipped (median ± sigma × MAD std, 3 passes) median or mean along axis 0.
+
+    The values of each pixel are sorted once; clipping about the median keeps a contiguous
+    run [lo, hi) of them, so medians and means come from indices and cumulative sums.
+    """
+    srt = np.sort(np.asarray(block, dtype=np.float32), axis=0)
+    n = srt.shape[0]
+    lo = np.zeros(srt.shape[1:], np.intp)
+    hi = np.full(srt.shape[1:], n, np.intp)
+
+    def at(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(a, idx[None], axis=0)[0]
+
+    def median() -> np.ndarray:
+        return 0.5 * (at(srt, (lo + hi - 1) // 2) + at(srt, (lo + hi) // 2))
+
+    if n >= 3:
+        rank = np.arange(n).reshape((n,) + (1,) * (srt.ndim - 1))
         for _ in range(3):
-            with np.errstate(invalid="ignore"):
-                med = np.nanmedian(data, axis=0)
-                dev = np.abs(data - med)
-                mad = 1.4826 * np.nanmedian(dev, axis=0)
-                bad = dev > sigma * mad
-            if not bad.any():
+            med = median()
+            dev = np.where((rank >= lo) & (rank < hi), np.abs(srt - med), np.inf)
+            dev.sort(axis=0)
+            k = hi - lo
+            mad = 1.4826 * 0.5 * (at(dev, (k - 1) // 2) + at(dev, k // 2))
+            new_lo = np.maximum(lo, (srt < med - sigma * mad).sum(axis=0))
+            new_hi = np.minimum(hi, (srt <= med + sigma * mad).sum(axis=0))
+            new_hi = np.maximum(new_hi, new_lo + 1)  # never an empty run
+            if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
                 break
-            data[bad] = np.nan
-    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
-        agg = np.nanmedian(data, axis=0) if method == "median" else np.nanmean(data, axis=0)
+            lo, hi = new_lo, new_hi
+    if method == "median":
+        agg = median()
+    else:
+        cs = np.cumsum(srt, axis=0, dtype=np.float64)
+        cs = np.concatenate([np.zeros((1, *srt.shape[1:])), cs])
+        agg = (at(cs, hi) - at(cs, lo)) / (hi - lo)
     spread = None
     if want_spread:
         # The spread of each pixel's values without its highest one: a cosmic ray in one frame
         # does not make a pixel look unstable; a pixel that jumps between levels still does.
-        srt = np.sort(np.asarray(block, dtype=np.float32), axis=0)
-        spread = srt[:-1].std(axis=0) if srt.shape[0] > 2 else srt.std(axis=0)
-    return agg.astype(np.float32), spread
-
-
-class _quiet_nan_warnings:
-    def __enter__(self) -> None:
-        import warnings
-
-        self._cm = warnings.catch_warnings()
-        self._cm.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._cm.__exit__(*exc)
+        spread = srt[:-1].std(axis=0) if n > 2 else srt.std(axis=0)
+    return np.asarray(agg, np.float32), spread
 
 
 def _rows_per_chunk(n: int, nx: int, budget_bytes: float) -> int:
