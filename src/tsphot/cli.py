@@ -216,7 +216,10 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
         print(f"  {name}")
     for note in summary["notes"]:
         print(f"  note: {note}")
+    missing: set[str] = set()
     for row in summary["frames"]:
+        if row["status"] == "ok":
+            missing |= {f"{k}: {v['why']}" for k, v in row["choice"].items() if not v.get("file")}
         if row["status"] != "ok":
             print(f"  {row['file']}: {row['status']}: {row['why']}")
             continue
@@ -225,6 +228,8 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
         scale = ch["dark"].get("scale")
         extra = f" (dark x{scale:.4g})" if scale not in (None, 1.0) else ""
         print(f"  {row['file']}: {used or 'no masters'}{extra}")
+    for m in sorted(missing):
+        print(f"  without {m}")
     if summary["unclassified"]:
         print(f"  no IMAGETYP, treated as light: {', '.join(summary['unclassified'][:5])}")
     return 0
