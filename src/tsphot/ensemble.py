@@ -300,6 +300,7 @@ def everett_howell(
     tol: float = 1e-7,
     min_stars: int = 2,
     min_valid_fraction: float = 0.5,
+    variable_chi2_red: float = 0.0,
 ) -> EnsembleResult:
     """Weighted comparison ensemble of N candidates over M frames (mag arrays [frame, star]).
 
@@ -311,7 +312,8 @@ def everett_howell(
     never used. With ``reject``, stars whose leave-one-out reduced chi-square exceeds
     ``chi2_limit`` (default: the 1e-4 false-alarm level of chi2 with the curve's degrees of
     freedom, and at least 1.5) are removed worst first until none does or ``min_stars`` remain.
-    See the module docstring for the method.
+    A time-correlated (variable) star is dropped only if its reduced chi-square also exceeds
+    ``variable_chi2_red`` (0: at the limit itself). See the module docstring for the method.
     """
     m = np.asarray(mag, dtype=float)
     e = np.asarray(mag_err, dtype=float)
@@ -379,7 +381,10 @@ def everett_howell(
         vn_z = np.nan_to_num(vn_z)
         # time-correlated excess (a variable star) is dropped at the false-alarm limit; white
         # excess only beyond NOISY_CHI2_RED
-        excess = (chi2_red > limit) & ((vn_z < -VON_NEUMANN_SIGMA) | (chi2_red > NOISY_CHI2_RED))
+        excess = (chi2_red > limit) & (
+            ((vn_z < -VON_NEUMANN_SIGMA) & (chi2_red > variable_chi2_red))
+            | (chi2_red > NOISY_CHI2_RED)
+        )
         if chi2_limit is not None:
             excess = chi2_red > limit  # an explicit limit rejects any excess, as asked
         cand = used & ~np.isin(np.arange(n_cand), list(p_in)) & excess
