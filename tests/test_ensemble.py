@@ -335,3 +335,19 @@ def test_atmosphere_and_order_do_not_matter(
     np.testing.assert_allclose(permuted.offset, base.offset, rtol=0, atol=1e-9)
     np.testing.assert_allclose(permuted.loo_mag, base.loo_mag[:, p], rtol=0, atol=1e-9)
     assert permuted.reasons == [base.reasons[i] for i in p]
+
+
+def test_colour_extinction_is_not_variability() -> None:
+    n_frames = 150
+    mag, err, _, _ = _field(21, n_frames, np.full(10, 3e-3))
+    t = np.linspace(0.0, 1.0, n_frames)
+    airmass = 1.0 + 1.5 * (t - 0.3) ** 2  # through the meridian and down to airmass 1.7
+    mag[:, 2] += 0.02 * (airmass - airmass.mean())  # a redder star: its own extinction slope
+    mag[:, 5] += 0.01 * np.sin(2 * np.pi * 2.3 * t)  # a real variable
+    res = everett_howell(mag, err, _all_valid(mag), _names(10), airmass=airmass)
+    assert res.used[2], res.reasons[2]
+    assert not res.used[5] and res.reasons[5].startswith("variable")
+    assert "after its airmass term" in res.reasons[5]
+    # without the airmass, the colour term itself looks like variability
+    plain = everett_howell(mag, err, _all_valid(mag), _names(10))
+    assert not plain.used[2] and plain.reasons[2].startswith("variable")

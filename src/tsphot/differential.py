@@ -234,14 +234,7 @@ def _prepare(
     )
 
 
-# Ensemble rules tried when a transit fit judges the result (see reduce): the strict rule drops
-# every time-correlated star at the false-alarm limit; the lenient one keeps a star whose
-# correlated excess is under twice its expected rms, since on real nights the brightest stars
-# often share the target's slow systematics (flat-field errors along the drift, colour terms).
-ENSEMBLE_RULES = {"strict": 0.0, "lenient": ensemble.NOISY_CHI2_RED}
-
-
-def _solve(night: _Night, k: int, gain_factor: float = 1.0, rule: str = "strict") -> tuple:
+def _solve(night: _Night, k: int, gain_factor: float = 1.0) -> tuple:
     """Magnitudes and the comparison ensemble at radius index k (fluxes rescaled by a gain)."""
     flux, ferr = noise.rescale_gain(night.flux_all[:, :, k], night.err_all[:, :, k], gain_factor)
     valid = night.base_valid & np.isfinite(flux) & (flux > 0)
@@ -255,7 +248,8 @@ def _solve(night: _Night, k: int, gain_factor: float = 1.0, rule: str = "strict"
         valid[:, ci],
         night.names,
         pinned_in=night.pinned_in,
-        variable_chi2_red=ENSEMBLE_RULES[rule],
+        # variability is judged after each star's own airmass term (colour extinction)
+        airmass=night.airmass if np.isfinite(night.airmass).sum() > 3 else None,
     )
     return flux, ferr, mag, mag_err, valid, ens
 
@@ -365,8 +359,8 @@ def reduce(
             bjd[fin] = timing.bjd_tdb(jd[fin], coords[o.name], site)
         bjd_of[o.name] = bjd
 
-    def build(k: int, rule: str) -> Reduced:
-        flux, ferr, mag, mag_err, valid, ens = _solve(night, k, rule=rule)
+    def build(k: int) -> Reduced:
+        flux, ferr, mag, mag_err, valid, ens = _solve(night, k)
         with np.errstate(invalid="ignore"):
             transparency = 10 ** (-0.4 * (ens.offset - np.nanmedian(ens.offset)))
             cloudy = transparency < settings.min_transparency
@@ -423,29 +417,16 @@ def reduce(
     # Every radius is reduced in full and the one whose target curve scatters least is kept:
     # with a transit model that is the fit's residual rms (what the user judges a curve by),
     # otherwise the point-to-point scatter, which slow trends and a transit do not inflate.
-    # With a transit fit, both ensemble rules are tried too and the same measure chooses.
-    rules = list(ENSEMBLE_RULES) if settings.transit is not None else ["strict"]
     scatter: dict[float, float] = {}
-    best_red, best_s, best_rule = None, np.inf, rules[0]
+    best_red = None
     for k, r in enumerate(plan.apertures.radii):
-        for rule in rules:
-            red_k = build(k, rule)
-            s_k = scatter_of(red_k)
-            scatter[float(r)] = min(scatter.get(float(r), np.inf), s_k)
-            if best_red is None or s_k < best_s:
-                best_red, best_s, best_rule = red_k, s_k, rule
+        red_k = build(k)
+        scatter[float(r)] = scatter_of(red_k)
+        if best_red is None or scatter[float(r)] < scatter[best_red.radius]:
+            best_red = red_k
     assert best_red is not None
     red = best_red
     red.scatter_by_radius = scatter
-    notes["ensemble_rule"] = (
-        f"{best_rule}: "
-        + (
-            "every time-correlated comparison star dropped at the false-alarm limit"
-            if best_rule == "strict"
-            else "time-correlated stars kept unless their excess exceeds twice the expected rms"
-        )
-        + (" (chosen by the lower transit-fit residual)" if len(rules) > 1 else "")
-    )
     red.terms, red.budget = noise_budget(red, objs)
     red.mag_scale = _catalogue_scale(red, objs)
     notes["radius_chosen_by"] = (

@@ -177,19 +177,34 @@ def _ensemble(
 
 
 def _weighted_stats(
-    loo: np.ndarray, loo_err: np.ndarray
+    loo: np.ndarray, loo_err: np.ndarray, airmass: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per column: number of points, rms and expected rms (mag), reduced chi2, von Neumann ratio."""
+    """Per column: number of points, rms and expected rms (mag), reduced chi2, von Neumann ratio.
+
+    With ``airmass``, each curve's weighted linear airmass term is removed first: a star whose
+    colour differs from the ensemble's drifts with airmass (second-order extinction), which is
+    expected, not variability.
+    """
     n_cand = loo.shape[1]
     fin = np.isfinite(loo) & np.isfinite(loo_err) & (loo_err > 0)
+    if airmass is not None:
+        fin &= np.isfinite(airmass)[:, None]
     n = fin.sum(axis=0)
     iv = np.where(fin, 1.0 / np.where(fin, loo_err, 1.0) ** 2, 0.0)
+    n_par = 1
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (iv * np.where(fin, loo, 0.0)).sum(axis=0) / iv.sum(axis=0)
         resid = np.where(fin, loo - mean, 0.0)
+        if airmass is not None and np.nanstd(airmass) > 0:
+            # weighted least squares of resid on (airmass - its weighted mean), per column
+            am = np.where(fin, airmass[:, None], 0.0)
+            am_c = np.where(fin, am - (iv * am).sum(axis=0) / iv.sum(axis=0), 0.0)
+            slope = (iv * am_c * resid).sum(axis=0) / (iv * am_c**2).sum(axis=0)
+            resid = np.where(fin, resid - np.nan_to_num(slope) * am_c, 0.0)
+            n_par = 2
         rms = np.sqrt((resid**2).sum(axis=0) / n)
         expected = np.sqrt((np.where(fin, loo_err, 0.0) ** 2).sum(axis=0) / n)
-        chi2_red = (resid**2 * iv).sum(axis=0) / (n - 1)
+        chi2_red = (resid**2 * iv).sum(axis=0) / (n - n_par)
     rms[n < 2] = np.nan
     expected[n < 1] = np.nan
     chi2_red[n < 2] = np.nan
@@ -301,6 +316,7 @@ def everett_howell(
     min_stars: int = 2,
     min_valid_fraction: float = 0.5,
     variable_chi2_red: float = 0.0,
+    airmass: np.ndarray | None = None,
 ) -> EnsembleResult:
     """Weighted comparison ensemble of N candidates over M frames (mag arrays [frame, star]).
 
@@ -312,6 +328,8 @@ def everett_howell(
     never used. With ``reject``, stars whose leave-one-out reduced chi-square exceeds
     ``chi2_limit`` (default: the 1e-4 false-alarm level of chi2 with the curve's degrees of
     freedom, and at least 1.5) are removed worst first until none does or ``min_stars`` remain.
+    With ``airmass`` (M,), the rejection statistics are taken after removing each star's
+    linear airmass term (colour-dependent extinction is not variability; the reasons say so).
     A time-correlated (variable) star is dropped only if its reduced chi-square also exceeds
     ``variable_chi2_red`` (0: at the limit itself). See the module docstring for the method.
     """
@@ -338,6 +356,11 @@ def everett_howell(
     if both:
         raise EnsembleError(f"{[names[i] for i in sorted(both)]} are both pinned in and out")
 
+    am = None
+    if airmass is not None:
+        am = np.asarray(airmass, dtype=float)
+        if am.shape != (m.shape[0],):
+            raise EnsembleError(f"airmass must have one value per frame, got shape {am.shape}")
     ok = v & np.isfinite(m) & np.isfinite(e) & (e > 0)
     m0 = np.where(ok, m, 0.0)
     err = np.where(ok, e, np.nan)
@@ -367,8 +390,8 @@ def everett_howell(
     while True:
         sol = _converge(m0, err, ok, used, model_var, max_iter, tol)
         total_iter += sol.iterations
-        n_pts, rms, expected, chi2_red, vn = _weighted_stats(sol.loo, sol.loo_err)
-        dof = np.maximum(n_pts - 1, 1)
+        n_pts, rms, expected, chi2_red, vn = _weighted_stats(sol.loo, sol.loo_err, am)
+        dof = np.maximum(n_pts - (1 if am is None else 2), 1)
         if chi2_limit is None:
             limit = np.maximum(stats.chi2.isf(FALSE_ALARM, dof) / dof, CHI2_RED_FLOOR)
         else:
@@ -394,7 +417,8 @@ def everett_howell(
         z = vn_z[worst]
         head = (
             f"leave-one-out rms {rms[worst] * 1e3:.1f} mmag vs {expected[worst] * 1e3:.1f} "
-            f"expected (chi2_red {chi2_red[worst]:.2f} > {limit[worst]:.2f}"
+            + ("expected after its airmass term " if am is not None else "expected ")
+            + f"(chi2_red {chi2_red[worst]:.2f} > {limit[worst]:.2f}"
         )
         if z < -VON_NEUMANN_SIGMA:
             reasons[worst] = (

@@ -342,7 +342,6 @@ def run_record(
         "noise_budget": red.budget,
         "mag_scale": red.mag_scale,
         "radius_chosen_by": notes.get("radius_chosen_by"),
-        "ensemble_rule": notes.get("ensemble_rule"),
         "scatter_by_radius": {str(k): v for k, v in red.scatter_by_radius.items()},
         "fit_notes": {k: notes[k] for k in ("fit_failed", "fit_skipped") if k in notes},
     }
