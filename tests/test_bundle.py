@@ -180,3 +180,17 @@ def test_bundle_command_and_bad_bundles(small_run, tmp_path, capsys):
     assert "not a tsphot bundle" in capsys.readouterr().err
     assert cli.main(["bundle", str(tmp_path), "--out", str(tmp_path / "c.zip")]) == 2
     assert "not a tsphot run folder" in capsys.readouterr().err
+
+
+def test_executors_give_bit_identical_tables(small_run, small_night, tmp_path):
+    """The process pool and the serial executor write the same bytes."""
+    from tsphot import demo, pipeline
+
+    run_dir, _ = small_run
+    base, truth = small_night
+    settings = demo.settings_for(
+        base / "night", tmp_path / "p", truth, quiet=True, executor="processes", workers=2
+    )
+    pipeline.run(settings)
+    for name in ("results.ecsv", "lightcurve_T1.ecsv", "lightcurve_CHK.ecsv"):
+        assert (tmp_path / "p" / name).read_bytes() == (run_dir / name).read_bytes(), name

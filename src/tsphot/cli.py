@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p_ = sub.add_parser("replay", help="re-run a bundle and check the products are identical")
-    p_.add_argument("bundle")
+    p_.add_argument("bundle", help="a bundle written by `tsphot bundle`")
     p_.add_argument("--data-dir", help="folder holding the exposures (found by file name)")
     p_.add_argument("--out", help="work folder (default: a new temporary folder)")
     p_.add_argument("--executor", choices=["serial", "processes"])

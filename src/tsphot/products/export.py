@@ -31,6 +31,10 @@ DEPENDENCIES = (
 )
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Write a file via a temporary sibling and a rename: no half-written file is ever seen."""
     path = Path(path)
@@ -38,6 +42,7 @@ def atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; products are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

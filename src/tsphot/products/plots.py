@@ -21,7 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import patheffects
 
+OUTLINE = [patheffects.withStroke(linewidth=2.0, foreground="black")]
 PDF_META = {"CreationDate": None, "Producer": None, "Creator": "tsphot"}
 PNG_META = {"Software": None}
 
@@ -73,7 +75,7 @@ def _time_axis(red: Any, curves: dict[str, Any]) -> tuple[np.ndarray, str, float
 
 def lightcurve_plot(red: Any, curves: dict[str, Any], path: Path, n_comps: int = 3) -> list[Path]:
     """Targets' relative flux with binned points and model; checks and comparisons below."""
-    fig, ax = plt.subplots(figsize=(9, 6.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(11, 6.5), dpi=100)
     x, label_t, t0 = _time_axis(red, curves)
     offset = 0.0
     entries: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray, Any]] = []
@@ -89,7 +91,8 @@ def lightcurve_plot(red: Any, curves: dict[str, Any], path: Path, n_comps: int =
             continue
         rel = 10 ** (-0.4 * (loo - np.nanmedian(loo[ok])))
         err = rel * np.asarray(ens.loo_err[:, j], float) / 1.0857362
-        entries.append((ens.names[j], f"comp, w={ens.weights[j]:.2f}", rel, err, ok, None))
+        share = 100 * ens.weights[j] / np.sum(ens.weights[ens.used])
+        entries.append((ens.names[j], f"comp, {share:.1f}% of the weight", rel, err, ok, None))
     colors = {"target": ("C0", "k"), "check": ("C2", "C3")}
     for name, role, rel, err, v, t in entries:
         point_c, bin_c = colors.get(role, ("0.6", "C4"))
@@ -98,8 +101,12 @@ def lightcurve_plot(red: Any, curves: dict[str, Any], path: Path, n_comps: int =
         span = np.nanmax(x[v]) - np.nanmin(x[v]) if v.any() else 0
         tb, yb, eb = binned(x[v], rel[v], max(span / 25, 1e-3))
         rms = float(np.std(rel[v])) if v.sum() > 2 else float("nan")
+        fit = red.curves[name].fit if name in red.curves else None
+        what = f"rms {1e2 * rms:.2f} %"
+        if fit is not None:
+            what = f"rms {1e2 * fit.residual_rms:.2f} % about the model"
         ax.errorbar(tb, yb - offset, yerr=eb, fmt="o", ms=5, color=bin_c,
-                    label=f"{name} ({role}) rms {1e2 * rms:.2f} %")  # fmt: skip
+                    label=f"{name} ({role}) {what}")  # fmt: skip
         if t is not None and "model" in t.colnames:
             m = np.asarray(t["model"], float)
             ok = np.isfinite(m)
@@ -115,7 +122,7 @@ def lightcurve_plot(red: Any, curves: dict[str, Any], path: Path, n_comps: int =
         f"tsphot differential light curve (aperture {red.radius:.1f} px, "
         f"{int(red.ensemble.used.sum())} comparison stars); × = left out"
     )
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return _save(fig, Path(path).with_suffix(""))
 
@@ -224,7 +231,7 @@ def _compass(ax: Any, header: Any, shape: tuple[int, int]) -> None:
         ax.annotate("", xy=(x0 + d[0], y0 + d[1]), xytext=(x0, y0),
                     arrowprops={"arrowstyle": "->", "color": "yellow", "lw": 1.5})  # fmt: skip
         ax.text(x0 + 1.25 * d[0], y0 + 1.25 * d[1], label, color="yellow", fontsize=10,
-                ha="center", va="center", fontweight="bold")  # fmt: skip
+                ha="center", va="center", fontweight="bold", path_effects=OUTLINE)  # fmt: skip
 
 
 def finder_chart(plan: Any, red: Any, notes: dict, path: Path) -> list[Path]:
@@ -235,10 +242,18 @@ def finder_chart(plan: Any, red: Any, notes: dict, path: Path) -> list[Path]:
     ny, nx = plan.shape
     fig, ax = plt.subplots(figsize=(8, 8 * ny / nx + 0.4), dpi=110)
     if img is not None:
+        # shown binned to at most ~700 px a side: what the page can show, a fraction of the
+        # drawing time and file size
+        k = max(1, int(np.ceil(max(ny, nx) / 700)))
+        if k > 1:
+            img = (
+                img[: ny // k * k, : nx // k * k].reshape(ny // k, k, nx // k, k).mean(axis=(1, 3))
+            )
         finite = np.isfinite(img)
         lo, hi = np.percentile(img[finite], [5, 99.7]) if finite.any() else (0, 1)
         ax.imshow(np.clip(img, lo, hi), origin="lower", cmap="gray", vmin=lo, vmax=hi,
-                  interpolation="nearest")  # fmt: skip
+                  interpolation="nearest", extent=(-0.5, (nx // k) * k - 0.5, -0.5,
+                                                   (ny // k) * k - 0.5))  # fmt: skip
     else:
         ax.set_facecolor("black")
     ax.set_xlim(-0.5, nx - 0.5)
@@ -272,7 +287,8 @@ def finder_chart(plan: Any, red: Any, notes: dict, path: Path) -> list[Path]:
                 ax.plot([o.x - d, o.x + d], [o.y + d, o.y - d], color="red", lw=1.2)
         elif o.role in ("target", "check"):
             label += f" ({o.role})"
-        ax.text(o.x + aps.annulus[1] + 2, o.y, label, color=color, fontsize=7, va="center")
+        ax.text(o.x + aps.annulus[1] + 2, o.y, label, color=color, fontsize=7, va="center",
+                path_effects=OUTLINE)  # fmt: skip
     _compass(ax, notes.get("reference_header"), plan.shape)
     ax.set_xlabel("x (px, 0-based column)")
     ax.set_ylabel("y (px, 0-based row)")
@@ -331,7 +347,7 @@ def noise_budget_plot(red: Any, plan: Any, path: Path) -> list[Path]:
     ax.set_ylabel("scatter (mmag)")
     ax.set_title("noise budget: achieved against predicted scatter of every star")
     ax.legend(fontsize=7, loc="upper left")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, Path(path).with_suffix(""))
 
