@@ -430,3 +430,27 @@ def test_results_units_kept(small_run):
     run_dir, _ = small_run
     t = QTable.read(run_dir / "results.ecsv")
     assert str(t["flux"].unit) == "electron" and str(t["x"].unit) == "pix"
+
+
+def test_an_export_that_cannot_be_written_does_not_lose_the_run(small_night, tmp_path):
+    base, truth = small_night
+    settings = demo.settings_for(
+        base / "night",
+        tmp_path / "out",
+        truth,
+        quiet=True,
+        exports=["aavso-extended", "csv"],
+        observer_code=OBSCODE,
+    )
+    long_name = "A-target-name-longer-than-thirty-characters"
+    settings.targets = [settings.targets[0].model_copy(update={"name": long_name})]
+    summary = pipeline.run(settings)
+    assert "30 characters of STARID" in summary["export_errors"]["aavso-extended"]
+    out = tmp_path / "out"
+    assert (out / "exports" / "results.csv").exists()
+    assert not (out / "exports" / "aavso_extended.txt").exists()
+    record = json.loads((out / "run.json").read_text())
+    assert record["export_errors"] == summary["export_errors"]
+    from tsphot import records
+
+    assert records.RunRecords.read(out / "records.json").tool.status == "done"

@@ -202,6 +202,9 @@ def _cmd_run(a: argparse.Namespace) -> int:
             f"  {name} ({obj['role']}): {obj['frames_measured']} points, rms {obj['rms_rel_flux']}"
         )
         print(line)
+    for fmt, why in summary.get("export_errors", {}).items():
+        print(f"  export {fmt} not written: {why}")
+    print(f"  report: {summary['report']}")
     return 0
 
 

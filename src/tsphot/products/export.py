@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -19,6 +20,8 @@ from tsphot import __version__
 from tsphot.errors import InputError
 from tsphot.ingest import FrameInfo, file_sha256
 from tsphot.products.aavso import ExportError
+
+log = logging.getLogger("tsphot")
 
 DEPENDENCIES = (
     "numpy",
@@ -412,9 +415,20 @@ def write_products(
     record = run_record(settings, frames, plan, results, red, notes)
     atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     pictures = plots.write_all(settings, frames, plan, results, red, notes, curves, out)
+    export_errors: dict[str, str] = {}
     if settings.exports:
         products = load_products(out)
-        write_exports(settings.exports, products, out / "exports", settings.model_dump())
+        for fmt in settings.exports:
+            try:
+                write_exports([fmt], products, out / "exports", settings.model_dump())
+            except ExportError as exc:  # an optional format must not lose the run
+                log.warning("export %s not written: %s", fmt, exc)
+                export_errors[fmt] = str(exc)
+        if export_errors:
+            record["export_errors"] = export_errors
+            atomic_write(
+                out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2))
+            )
     report.write_report(out, pictures=pictures)
     ens = red.ensemble
     return {
@@ -429,6 +443,8 @@ def write_products(
         "radius": red.radius,
         "objects": record["objects"],
         "pictures": [str(p) for p in pictures],
+        "report": str(out / "report.html"),
+        "export_errors": export_errors,
     }
 
 
@@ -443,9 +459,20 @@ def check_export_settings(settings: Any, frames: list[FrameInfo]) -> None:
     wanted = [f for f in settings.exports if f.startswith("aavso")]
     if not wanted:
         return
+    ok = [f for f in frames if f.status == "ok"]
     try:
         aavso._check_obscode(settings.observer_code)
-        aavso.filter_code(settings.aavso_filter, [f.filter for f in frames if f.status == "ok"])
+        aavso.filter_code(settings.aavso_filter, [f.filter for f in ok])
+        if "aavso-exoplanet" in wanted:
+            if settings.obstype not in ("CCD", "DSLR"):
+                raise ExportError(f"OBSTYPE {settings.obstype}: the format takes CCD or DSLR")
+            if len(settings.observer_code or "") > 5:
+                raise ExportError("the exoplanet format takes observer codes of 5 characters")
+            longest = max((f.exptime for f in ok), default=0.0)
+            if longest > 600:
+                raise ExportError(
+                    f"exposures of {longest:g} s: the AAVSO exoplanet format takes at most 600 s"
+                )
     except ExportError as exc:
         raise SettingsError(f"export {wanted[0]}: {exc}") from None
 

@@ -95,11 +95,16 @@ def build_report(run_dir: str | Path, pictures: list[Path] | None = None) -> str
     for name, o in objs.items():
         fit = o.get("fit") or {}
         p, e = fit.get("params", {}), fit.get("errors", {})
+
+        def val(k: str, p: dict = p) -> str:
+            return f"{p[k]:.6f}" if k == "t0" else f"{p[k]:.6g}"
+
         fit_txt = ", ".join(
-            f"{k} = {p[k]:.6g} ± {e[k]:.2g}" if k in e else f"{k} = {p[k]:.6g}"
+            f"{k} = {val(k)} ± {e[k]:.2g}" if k in e else f"{k} = {val(k)}"
             for k in ("t0", "depth", "rp", "a", "inc")
             if k in p
         )
+        resid = fit.get("residual_rms")
         rows.append(
             [
                 name,
@@ -109,13 +114,24 @@ def build_report(run_dir: str | Path, pictures: list[Path] | None = None) -> str
                 1e3 * o["median_err_rel_flux"]
                 if o.get("median_err_rel_flux") is not None
                 else None,
+                1e3 * resid if resid is not None else None,
                 fit_txt or "—",
             ]
         )
     parts.append("<h2>Targets and check stars</h2>")
     parts.append(
         _table(
-            ["object", "role", "points", "rms (ppt)", "median error (ppt)", "fit"], rows, {2, 3, 4}
+            [
+                "object",
+                "role",
+                "points",
+                "rms (ppt)",
+                "median error (ppt)",
+                "rms about the fit (ppt)",
+                "fit",
+            ],
+            rows,
+            {2, 3, 4, 5},
         )
     )
     for filename, title in PICTURES:
