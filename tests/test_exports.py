@@ -454,3 +454,31 @@ def test_an_export_that_cannot_be_written_does_not_lose_the_run(small_night, tmp
     from tsphot import records
 
     assert records.RunRecords.read(out / "records.json").tool.status == "done"
+
+
+def test_run_from_an_astroimagej_radec_file_on_the_command_line(small_run, small_night, tmp_path):
+    """Sky positions from a radec file, placed through the frames' WCS; names as AIJ's."""
+    run_dir, _ = small_run
+    base, _ = small_night
+    toml = (base / "night" / "tsphot.toml").read_text().split("[[targets]]")[0]
+    toml = toml.replace('"raw/', f'"{base / "night" / "raw"}/')
+    (tmp_path / "run.toml").write_text(toml)
+    out = tmp_path / "out"
+    rc = cli.main(["run", "--config", str(tmp_path / "run.toml"), "--out", str(out),
+                   "--aij-radec", str(run_dir / "exports" / "tsphot.radec"),
+                   "--executor", "serial", "--quiet"])  # fmt: skip
+    assert rc == 0
+    first = json.loads((run_dir / "run.json").read_text())
+    record = json.loads((out / "run.json").read_text())
+    assert record["aij_import"]["files"][0]["path"].endswith("tsphot.radec")
+    # AIJ's names: the target T1, the check star (not a reference star there) T2, C3, …
+    assert record["objects"]["T1"]["role"] == "target"
+    assert record["objects"]["T2"]["role"] == "target"
+    assert all(o["ra"] is not None and o["x"] is None for o in record["settings"]["targets"])
+    # placed through the WCS, the file's T1 is the first run's T1 and T2 its check star
+    for name, was in (("T1", "T1"), ("T2", "CHK")):
+        o, src = record["objects"][name], first["objects"][was]
+        assert o["x"] == pytest.approx(src["x"], abs=0.1) and o["y"] == pytest.approx(
+            src["y"], abs=0.1
+        )
+    assert len(record["comparison_stars"]) == len(first["comparison_stars"])
