@@ -115,9 +115,9 @@ def read_apertures(path: str | Path, height: int) -> dict[str, Any]:
         raise SettingsError(
             f"{path}: no multiaperture.xapertures / yapertures: not an AstroImageJ apertures file"
         )
-    fits_coords = xs_raw.upper().startswith("FITS")
+    fits_coords = xs_raw.upper().startswith("FITS") or ys_raw.upper().startswith("FITS")
     if fits_coords:
-        xs_raw, ys_raw = xs_raw[4:], ys_raw[4:].lstrip("FITSfits")
+        xs_raw, ys_raw = (v[4:] if v.upper().startswith("FITS") else v for v in (xs_raw, ys_raw))
     try:
         xs = [float(v) for v in _split(xs_raw)]
         ys = [float(v) for v in _split(ys_raw)]
@@ -406,7 +406,6 @@ def measurements_table(
         tot_err = np.full(nf, np.nan)
 
     t = Table()
-    ref = first  # per-frame values taken from any object's rows
     sel0 = results[results["object"] == names[0]]
     pos0 = np.searchsorted(frames, np.asarray(sel0["frame"]))
     label = np.array([""] * nf, dtype=object)
@@ -446,11 +445,11 @@ def measurements_table(
             t[f"tsphot_rel_flux_err_{ap[n]}"] = np.asarray(c["rel_flux_err"], dtype=float)
     t["tot_C_cnts"] = tot
     t["tot_C_err"] = tot_err
+    height = int(record.get("image_shape", [0, 0])[0] or 0)
     for n in names:
         a = ap[n]
         x = col(n, "x")
         y = col(n, "y")
-        height = int(record.get("image_shape", [0, 0])[0] or 0)
         t[f"Source-Sky_{a}"] = flux[n]
         t[f"Source_Error_{a}"] = ferr[n]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -465,7 +464,6 @@ def measurements_table(
     t["Source_Radius"] = col(names[0], "aperture_radius")
     t["Sky_Rad(min)"] = col(names[0], "annulus_inner")
     t["Sky_Rad(max)"] = col(names[0], "annulus_outer")
-    del ref
     t.meta["apertures"] = {n: ap[n] for n in names}
     return t, list(t.colnames)
 
