@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tsphot import __version__
 from tsphot.errors import TsphotError
+from tsphot.settings import EXPORT_FORMATS
 
 
 def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
@@ -87,6 +88,51 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", choices=["serial", "processes"])
     r.add_argument("--workers", type=int)
     r.add_argument("--quiet", action="store_true", help="no progress output")
+    r.add_argument(
+        "--export",
+        action="append",
+        default=[],
+        choices=EXPORT_FORMATS,
+        help="also write this format into OUT/exports; repeatable",
+    )
+    r.add_argument("--observer-code", help="your AAVSO observer code (AAVSO exports)")
+    r.add_argument("--aavso-filter", help="AAVSO filter code; default from the FILTER keyword")
+    r.add_argument(
+        "--aij-apertures", help="AstroImageJ .apertures file: targets (T) and comparisons (C)"
+    )
+    r.add_argument("--aij-radec", help="AstroImageJ radec file: RA, Dec, ref flag, …, mag")
+    r.add_argument("--masters", help="a tsphot masters.npz to calibrate with")
+
+    e = sub.add_parser("export", help="write a finished run's products in another format")
+    e.add_argument("run_dir", help="the --out folder of a finished `tsphot run`")
+    e.add_argument(
+        "--format",
+        action="append",
+        required=True,
+        choices=EXPORT_FORMATS,
+        dest="formats",
+        help="format to write; repeatable",
+    )
+    e.add_argument("--out", help="folder for the files (default RUN_DIR/exports)")
+    e.add_argument("--observer-code", help="AAVSO observer code (overrides the run's)")
+    e.add_argument("--aavso-filter", help="AAVSO filter code (overrides the run's)")
+    e.add_argument("--chart", help="AAVSO chart / sequence id")
+    e.add_argument("--exoplanet-name", help="planet name for the exoplanet report")
+
+    b = sub.add_parser("bundle", help="write a stack bundle (zip) that replays a run exactly")
+    b.add_argument("run_dir", help="the --out folder of a finished `tsphot run`")
+    b.add_argument("--out", required=True, help="bundle file to write (.zip)")
+    b.add_argument(
+        "--with-data",
+        action="store_true",
+        help="carry the exposures too (FITS tile compression, lossless)",
+    )
+
+    p_ = sub.add_parser("replay", help="re-run a bundle and check the products are identical")
+    p_.add_argument("bundle", help="a bundle written by `tsphot bundle`")
+    p_.add_argument("--data-dir", help="folder holding the exposures (found by file name)")
+    p_.add_argument("--out", help="work folder (default: a new temporary folder)")
+    p_.add_argument("--executor", choices=["serial", "processes"])
 
     c = sub.add_parser(
         "calibrate",
@@ -264,6 +310,12 @@ def _cmd_run(a: argparse.Namespace) -> int:
         "workers": a.workers,
         "quiet": a.quiet or None,
         **_calibration_settings(a),
+        "exports": a.export,
+        "observer_code": a.observer_code,
+        "aavso_filter": a.aavso_filter,
+        "aij_apertures": a.aij_apertures,
+        "aij_radec": a.aij_radec,
+        "masters": a.masters,
     }
     settings = make_settings(a.config, **flags)
     summary = pipeline.run(settings)
@@ -277,7 +329,48 @@ def _cmd_run(a: argparse.Namespace) -> int:
             f"  {name} ({obj['role']}): {obj['frames_measured']} points, rms {obj['rms_rel_flux']}"
         )
         print(line)
+    for fmt, why in summary.get("export_errors", {}).items():
+        print(f"  export {fmt} not written: {why}")
+    print(f"  report: {summary['report']}")
     return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from tsphot.products import export
+
+    products = export.load_products(a.run_dir)
+    out = Path(a.out) if a.out else Path(a.run_dir) / "exports"
+    files = export.write_exports(
+        a.formats,
+        products,
+        out,
+        observer_code=a.observer_code,
+        aavso_filter=a.aavso_filter,
+        aavso_chart=a.chart,
+        exoplanet_name=a.exoplanet_name,
+    )
+    for f in files:
+        print(f)
+    return 0
+
+
+def _cmd_bundle(a: argparse.Namespace) -> int:
+    from tsphot.products import bundle
+
+    res = bundle.make_bundle(a.run_dir, a.out, with_data=a.with_data)
+    print(
+        f"wrote {res.path} ({res.size_bytes / 1e6:.1f} MB, {res.n_entries} entries, "
+        f"{'with' if res.with_data else 'without'} the exposures; sha256 {res.sha256})"
+    )
+    return 0
+
+
+def _cmd_replay(a: argparse.Namespace) -> int:
+    from tsphot.products import bundle
+
+    res = bundle.replay(a.bundle, data_dir=a.data_dir, out=a.out, executor=a.executor)
+    print(res.summary())
+    return 0 if res.identical else 1
 
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
@@ -365,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         commands = {
             "run": _cmd_run,
             "calibrate": _cmd_calibrate,
+            "export": _cmd_export,
+            "bundle": _cmd_bundle,
+            "replay": _cmd_replay,
             "simulate": _cmd_simulate,
             "demo": _cmd_demo,
             "period": _cmd_period,

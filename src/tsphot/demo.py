@@ -181,6 +181,9 @@ def run_demo(
     for name, why in c["comps_rejected"].items():
         tag = "  <- the simulated variable" if name == c["variable_comp"] else ""
         print(f"  {name}: {why}{tag}")
-    print(f"\nproducts in {red}: results.ecsv, lightcurve_T1.ecsv/.csv, lightcurve.png, run.json")
+    print(
+        f"\nproducts in {red}: results.ecsv, lightcurve_*.ecsv/.csv, run.json, records.json, "
+        "report.html and the pictures (PNG and PDF): lightcurve, conditions, finder, noise_budget"
+    )
     print(f"elapsed: {summary['elapsed_s']:.1f} s for the reduction")
     return c

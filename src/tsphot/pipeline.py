@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,24 @@ def _masters(path: str | None) -> calibrate.Masters:
     if key not in _MASTERS_CACHE:
         _MASTERS_CACHE[key] = calibrate.load_masters_npz(path)
     return _MASTERS_CACHE[key]
+
+
+def load_masters(path: str, shape: tuple[int, int]) -> calibrate.Masters:
+    """Masters from a tsphot masters.npz (as a run writes it), checked against the frame size."""
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in ("bias", "dark_rate", "flat", "bad") if k in z}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a tsphot masters.npz ({exc})") from None
+    for k, v in arrays.items():
+        if v.shape != tuple(shape):
+            raise InputError(
+                f"{path}: master {k} is {v.shape[1]}x{v.shape[0]} px, the science frames are "
+                f"{shape[1]}x{shape[0]} px"
+            )
+    m = calibrate.Masters(**arrays)
+    m.provenance.append({"step": "masters", "files": [path], "method": "given masters.npz"})
+    return m
 
 
 def _empty_columns(n_obj: int, n_r: int) -> dict[str, np.ndarray]:
@@ -270,8 +289,17 @@ def plan_run(
         raise InputError("no usable exposure: " + "; ".join(f.reason for f in frames[:5]))
     shape = ok[0].shape
     notes: dict[str, Any] = {"assumed": []}
-    masters_by_frame = _calibration(settings, ok, calibration_frames or [], out, notes)
-    masters_file = next(iter(masters_by_frame.values()), None)
+    if settings.masters:
+        # masters given (a replay): one set for every frame, kept as the run used it
+        given = load_masters(settings.masters, shape)  # checked against the frames
+        masters_file = str(out / "masters_0.npz")
+        if Path(settings.masters).resolve() != Path(masters_file).resolve():
+            shutil.copyfile(settings.masters, masters_file)
+        masters_by_frame = {f.index: masters_file for f in ok}
+        notes["calibration"] = {"masters": given.provenance}
+    else:
+        masters_by_frame = _calibration(settings, ok, calibration_frames or [], out, notes)
+        masters_file = next(iter(masters_by_frame.values()), None)
 
     ref, ref_data, ref_header, src = None, None, None, None
     for f in ok:
@@ -390,12 +418,15 @@ def plan_run(
 # ----------------------------------------------------------------------------- the run
 
 
-def run(settings: Settings) -> dict[str, Any]:
-    """Reduce a night end to end and write every product into settings.out; return the summary."""
-    from tsphot import differential
-    from tsphot.products import export
+def run(settings: Settings, tool: Any = None) -> dict[str, Any]:
+    """Reduce a night end to end and write every product into settings.out; return the summary.
 
-    t_start = time.time()
+    The run's record (``records.json``: status running → done, or failed with the reason) is
+    kept up to date in the output folder; pass ``tool`` to continue a record made earlier
+    (status pending), e.g. by a queue.
+    """
+    from tsphot import records
+
     out = Path(settings.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -404,6 +435,25 @@ def run(settings: Settings) -> dict[str, Any]:
         probe.unlink()
     except OSError as exc:
         raise SettingsError(f"output folder {out}: cannot write there ({exc.strerror})") from None
+    if tool is None:
+        tool = records.new_tool(settings)
+    tool.mark_running()
+    records.RunRecords(tool=tool).write(out / "records.json")
+    try:
+        summary = _run(settings, out, tool)
+    except BaseException as exc:
+        reason = str(exc) if isinstance(exc, TsphotError) else f"{type(exc).__name__}: {exc}"
+        tool.mark_failed(reason or type(exc).__name__)
+        records.RunRecords(tool=tool).write(out / "records.json")
+        raise
+    return summary
+
+
+def _run(settings: Settings, out: Path, tool: Any) -> dict[str, Any]:
+    from tsphot import differential, records
+    from tsphot.products import aij, export
+
+    t_start = time.time()
     if not settings.frames:
         raise SettingsError("no exposures given: tsphot run FRAMES... (files, folders or globs)")
     paths = ingest.expand_inputs(settings.frames)
@@ -425,7 +475,13 @@ def run(settings: Settings) -> dict[str, Any]:
     for f in frames:
         if f.status != "ok":
             log.warning("%s", f.reason)
+    ok_shapes = [f.shape for f in frames if f.status == "ok"]
+    settings, aij_note = aij.apply_to_settings(settings, ok_shapes[0][0] if ok_shapes else 0)
+    export.check_export_settings(settings, frames)
+    tool.settings = settings.model_dump(mode="json")
     plan, notes = plan_run(settings, frames, out, calibration_frames=cal_found)
+    if aij_note is not None:
+        notes["aij_import"] = aij_note
     results: list[FrameResult] = []
     progress = _progress(len(frames), settings.quiet)
     for r in map_ordered(
@@ -440,6 +496,13 @@ def run(settings: Settings) -> dict[str, Any]:
     reduced = differential.reduce(settings, frames, plan, results, notes)
     summary = export.write_products(settings, frames, plan, results, reduced, notes, out)
     summary["elapsed_s"] = round(time.time() - t_start, 2)
+    run_json = json.loads((out / "run.json").read_text())
+    recs = records.records_from_run(tool, run_json, str(out))
+    recs.tool.summary = {
+        k: summary[k] for k in ("frames", "frames_ok", "comps_used", "radius", "elapsed_s")
+    }
+    recs.tool.mark_done()
+    recs.write(out / "records.json")
     return summary
 
 

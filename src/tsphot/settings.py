@@ -56,6 +56,12 @@ class TransitSpec(BaseModel):
     limb_dark: str = "quadratic"
 
 
+EXPORT_FORMATS = ("ecsv", "csv", "fits", "parquet", "aavso-extended", "aavso-exoplanet", "aij")
+EXPORT_FORMAT = Literal[
+    "ecsv", "csv", "fits", "parquet", "aavso-extended", "aavso-exoplanet", "aij"
+]
+
+
 class Settings(BaseModel):
     """Every setting of a run, with its documented default."""
 
@@ -153,6 +159,32 @@ class Settings(BaseModel):
     workers: int | None = Field(None, ge=1)
     seed: int = 0
     quiet: bool = False
+    # --- products and exports
+    exports: list[EXPORT_FORMAT] = Field(
+        default_factory=list,
+        description="extra formats `run` writes into OUT/exports: " + ", ".join(EXPORT_FORMATS),
+    )
+    observer_code: str | None = Field(None, description="AAVSO observer code (AAVSO exports)")
+    aavso_filter: str | None = Field(
+        None, description="AAVSO filter code (V, B, R, I, CV, TG, SR, …); none: from FILTER"
+    )
+    aavso_chart: str = Field("na", description="AAVSO chart or sequence id of the comp stars")
+    obstype: Literal["CCD", "DSLR", "PEP"] = Field("CCD", description="AAVSO OBSTYPE")
+    exoplanet_name: str | None = Field(
+        None, description="planet name for the AAVSO exoplanet report; none: '<target> b'"
+    )
+    # --- inputs from AstroImageJ
+    aij_apertures: str | None = Field(
+        None, description="AstroImageJ .apertures file: targets (T) and comparison stars (C)"
+    )
+    aij_radec: str | None = Field(
+        None, description="AstroImageJ radec file: RA, Dec, ref-star flag, centroid, magnitude"
+    )
+    masters: str | None = Field(
+        None,
+        description="a tsphot masters.npz to calibrate with instead of building masters from "
+        "bias/dark/flat (used by `tsphot replay`)",
+    )
 
     @field_validator("profile")
     @classmethod
@@ -217,6 +249,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             data[key] = [str(base / p) if not Path(p).is_absolute() else p for p in data[key]]
     if isinstance(data.get("library"), str) and not Path(data["library"]).is_absolute():
         data["library"] = str(base / data["library"])
+    for key in ("aij_apertures", "aij_radec", "masters"):
+        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+            data[key] = str(base / data[key])
     if "out" in data and not Path(data["out"]).is_absolute():
         data["out"] = str(base / data["out"])
     return data

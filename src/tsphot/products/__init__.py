@@ -1,1 +1,1 @@
-"""Products of a run: tables, exports, plots."""
+"""Products of a run: tables and exports, pictures, report.html and stack bundles."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import tempfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,11 @@ from astropy import units as u
 from astropy.table import QTable, Table
 
 from tsphot import __version__
+from tsphot.errors import InputError
 from tsphot.ingest import FrameInfo, file_sha256
+from tsphot.products.aavso import ExportError
+
+log = logging.getLogger("tsphot")
 
 DEPENDENCIES = (
     "numpy",
@@ -28,6 +34,10 @@ DEPENDENCIES = (
 )
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Write a file via a temporary sibling and a rename: no half-written file is ever seen."""
     path = Path(path)
@@ -35,6 +45,7 @@ def atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; products are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -230,9 +241,14 @@ def ensemble_table(red: Any, frames: list[FrameInfo]) -> QTable:
     return t
 
 
+def versions() -> dict[str, str]:
+    """Versions of tsphot, Python and the dependencies that shape the numbers."""
+    return _versions()
+
+
 def _versions() -> dict[str, str]:
     out = {"tsphot": __version__, "python": platform.python_version()}
-    for dep in DEPENDENCIES:
+    for dep in (*DEPENDENCIES, "matplotlib", "pydantic", "pyarrow", "pandas"):
         try:
             out[dep] = metadata.version(dep)
         except metadata.PackageNotFoundError:
@@ -254,11 +270,56 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def key_header_values(f: FrameInfo) -> dict[str, Any]:
+    """The header values a manifest keeps for one exposure (as tsphot read them)."""
+    return {
+        "date_obs": f.date_obs,
+        "exptime": f.exptime,
+        "filter": f.filter,
+        "imagetyp": f.imagetyp,
+        "object": f.object,
+        "shape": list(f.shape),
+        "binning": list(f.binning),
+        "gain": f.gain,
+        "airmass": f.airmass,
+        "profile": f.profile,
+    }
+
+
+def safe_name(name: str) -> str:
+    """An object name as it appears in file names."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def sky_positions(settings: Any, plan: Any, notes: dict) -> dict[str, tuple[float, float]]:
+    """RA, Dec (deg) of every object: as given in the settings, else from the reference WCS."""
+    from tsphot import ingest, timing
+
+    out: dict[str, tuple[float, float]] = {}
+    header = notes.get("reference_header")
+    wcs = ingest.quiet_wcs(header) if header is not None else None
+    specs = {s.name: s for s in [*settings.targets, *settings.comps, *settings.checks]}
+    for o in plan.objects:
+        spec = specs.get(o.name)
+        try:
+            if spec is not None and spec.ra is not None:
+                c = timing.parse_coord(spec.ra, spec.dec)
+            elif wcs is not None:
+                c = wcs.pixel_to_world(o.x, o.y)
+            else:
+                continue
+            out[o.name] = (float(c.ra.deg), float(c.dec.deg))
+        except Exception:  # a position that cannot be converted is simply not given
+            continue
+    return out
+
+
 def run_record(
     settings: Any, frames: list[FrameInfo], plan: Any, results: list, red: Any, notes: dict
 ) -> dict:
     """The run.json record: settings, versions, inputs with hashes, per-object summary."""
     ens = red.ensemble
+    sky = sky_positions(settings, plan, notes)
     comps = []
     for j, name in enumerate(ens.names):
         oi = int(red.comp_index[j])
@@ -267,6 +328,9 @@ def run_record(
                 "name": name,
                 "x": plan.objects[oi].x,
                 "y": plan.objects[oi].y,
+                "catalog_mag": plan.objects[oi].catalog_mag,
+                "ra_deg": sky.get(name, (None, None))[0],
+                "dec_deg": sky.get(name, (None, None))[1],
                 "used": bool(ens.used[j]),
                 "weight": float(ens.weights[j]),
                 "rms_mag": float(ens.rms[j]),
@@ -276,9 +340,15 @@ def run_record(
             }
         )
     objects = {}
+    by_name = {o.name: o for o in plan.objects}
     for name, c in red.curves.items():
         entry: dict[str, Any] = {
             "role": c.role,
+            "x": by_name[name].x,
+            "y": by_name[name].y,
+            "catalog_mag": by_name[name].catalog_mag,
+            "ra_deg": sky.get(name, (None, None))[0],
+            "dec_deg": sky.get(name, (None, None))[1],
             "frames_measured": int(c.valid.sum()),
             "outlier_frames": [int(i) for i in np.nonzero(c.outlier)[0]]
             if c.outlier is not None
@@ -319,6 +389,8 @@ def run_record(
         "gain_e_per_adu": plan.gain,
         "gain": notes.get("gain"),
         "saturation_adu": plan.saturation,
+        "image_shape": list(plan.shape),
+        "aij_import": notes.get("aij_import"),
         "apertures": {
             "radii_px": list(plan.apertures.radii),
             "chosen_radius_px": red.radius,
@@ -333,6 +405,11 @@ def run_record(
                 "status": r.status,
                 "reason": r.reason,
                 "jd_utc_mid": f.jd_utc_mid,
+                "abs_path": os.path.abspath(f.path),
+                "exptime": f.exptime,
+                "filter": f.filter,
+                "binning": list(f.binning),
+                "header": key_header_values(f),
             }
             for f, r in zip(frames, results, strict=True)
         ],
@@ -357,8 +434,9 @@ def write_products(
     notes: dict,
     out: Path,
 ) -> dict[str, Any]:
-    """Write results.ecsv, the light curves, the plot and run.json; return a short summary."""
-    from tsphot.products import plots
+    """Write results.ecsv, the light curves, run.json, the pictures, report.html and any exports
+    asked for; return a short summary."""
+    from tsphot.products import plots, report
 
     out = Path(out)
     _write_table(
@@ -367,7 +445,7 @@ def write_products(
     curves = {}
     for name in red.curves:
         t = lightcurve_table(name, red, frames, results)
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        safe = safe_name(name)
         _write_table(t, out / f"lightcurve_{safe}.ecsv", "ascii.ecsv")
         plain = Table(t)
         for col in plain.colnames:
@@ -375,9 +453,24 @@ def write_products(
         _write_table(plain, out / f"lightcurve_{safe}.csv", "ascii.csv")
         curves[name] = t
     _write_table(ensemble_table(red, frames), out / "ensemble.ecsv", "ascii.ecsv")
-    plots.lightcurve_plot(red, curves, out / "lightcurve.png")
     record = run_record(settings, frames, plan, results, red, notes)
     atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    pictures = plots.write_all(settings, frames, plan, results, red, notes, curves, out)
+    export_errors: dict[str, str] = {}
+    if settings.exports:
+        products = load_products(out)
+        for fmt in settings.exports:
+            try:
+                write_exports([fmt], products, out / "exports", settings.model_dump())
+            except ExportError as exc:  # an optional format must not lose the run
+                log.warning("export %s not written: %s", fmt, exc)
+                export_errors[fmt] = str(exc)
+        if export_errors:
+            record["export_errors"] = export_errors
+            atomic_write(
+                out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2))
+            )
+    report.write_report(out, pictures=pictures)
     ens = red.ensemble
     return {
         "out": str(out),
@@ -390,4 +483,260 @@ def write_products(
         },
         "radius": red.radius,
         "objects": record["objects"],
+        "pictures": [str(p) for p in pictures],
+        "report": str(out / "report.html"),
+        "export_errors": export_errors,
     }
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+def check_export_settings(settings: Any, frames: list[FrameInfo]) -> None:
+    """Before any work: the settings an AAVSO export needs are there (observer code, filter)."""
+    from tsphot.errors import SettingsError
+    from tsphot.products import aavso
+
+    wanted = [f for f in settings.exports if f.startswith("aavso")]
+    if not wanted:
+        return
+    ok = [f for f in frames if f.status == "ok"]
+    try:
+        aavso._check_obscode(settings.observer_code)
+        aavso.filter_code(settings.aavso_filter, [f.filter for f in ok])
+        if "aavso-exoplanet" in wanted:
+            if settings.obstype not in ("CCD", "DSLR"):
+                raise ExportError(f"OBSTYPE {settings.obstype}: the format takes CCD or DSLR")
+            if len(settings.observer_code or "") > 5:
+                raise ExportError("the exoplanet format takes observer codes of 5 characters")
+            longest = max((f.exptime for f in ok), default=0.0)
+            if longest > 600:
+                raise ExportError(
+                    f"exposures of {longest:g} s: the AAVSO exoplanet format takes at most 600 s"
+                )
+    except ExportError as exc:
+        raise SettingsError(f"export {wanted[0]}: {exc}") from None
+
+
+@dataclass
+class RunProducts:
+    """A finished run read back from its folder: the tables and run.json."""
+
+    run_dir: Path
+    results: QTable
+    curves: dict[str, QTable]
+    record: dict[str, Any]
+
+    def by_role(self, role: str) -> dict[str, QTable]:
+        """Light curves of the objects with this role (target, check)."""
+        return {n: t for n, t in self.curves.items() if t.meta.get("role") == role}
+
+
+def load_products(run_dir: str | Path) -> RunProducts:
+    """Read a run folder's results.ecsv, light curves and run.json."""
+    run_dir = Path(run_dir)
+    missing = [f for f in ("run.json", "results.ecsv") if not (run_dir / f).exists()]
+    if missing:
+        raise InputError(
+            f"{run_dir}: not a tsphot run folder (no {', '.join(missing)}); give the --out "
+            "folder of a finished `tsphot run`"
+        )
+    record = json.loads((run_dir / "run.json").read_text())
+    results = _read_ecsv(run_dir / "results.ecsv")
+    curves = {}
+    for name in record.get("objects", {}):
+        path = run_dir / f"lightcurve_{safe_name(name)}.ecsv"
+        if path.exists():
+            curves[name] = _read_ecsv(path)
+    return RunProducts(run_dir, results, curves, record)
+
+
+def _read_ecsv(path: Path) -> QTable:
+    """Read a product table; empty strings stay empty strings (astropy reads them as masked)."""
+    return _unmask_text(QTable.read(path, format="ascii.ecsv"))
+
+
+def _unmask_text(t: QTable) -> QTable:
+    for name in t.colnames:
+        col = t[name]
+        if hasattr(col, "mask") and col.dtype.kind in "UOS":
+            t[name] = col.filled("")
+    return t
+
+
+def _ascii_safe(text: str) -> str:
+    """Text for a FITS header or string column (ASCII only)."""
+    import unicodedata
+
+    text = text.replace("—", "-").replace("–", "-").replace("⊕", "(+)").replace("×", "x")
+    return unicodedata.normalize("NFKD", text).encode("ascii", "replace").decode("ascii")
+
+
+def _for_fits(t: QTable) -> QTable:
+    import warnings
+
+    out = QTable(t, copy=True)
+    for name in out.colnames:
+        if out[name].dtype.kind in "UO":
+            out[name] = [_ascii_safe(str(v)) for v in out[name]]
+    meta = {}
+    for k, v in out.meta.items():
+        meta[k] = _ascii_safe(v) if isinstance(v, str) else v
+    out.meta.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out.meta.update(meta)
+    return out
+
+
+TABLE_FORMATS = {
+    "ecsv": ("ecsv", "ascii.ecsv"),
+    "csv": ("csv", "ascii.csv"),
+    "fits": ("fits", "fits"),
+    "parquet": ("parquet", "parquet"),
+}
+
+
+def write_table_as(table: QTable, path: Path, fmt: str) -> None:
+    """Write one table in ecsv, csv, fits or parquet, with units and metadata where the format
+    keeps them (CSV keeps units as a comment line)."""
+    import warnings
+
+    _suffix, astropy_fmt = TABLE_FORMATS[fmt]
+    t = table
+    if fmt == "csv":
+        t = Table(table)
+        units = {c: str(t[c].unit) for c in t.colnames if t[c].unit is not None}
+        for c in t.colnames:
+            t[c].unit = None
+        t.meta = {
+            "comments": ["units: " + ", ".join(f"{c} [{u}]" for c, u in units.items())]
+            if units
+            else []
+        }
+    elif fmt == "fits":
+        t = _for_fits(table)
+    elif fmt == "parquet":
+        try:
+            import pandas  # noqa: F401  (astropy reads parquet through it)
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ExportError(
+                "Parquet needs pyarrow and pandas: pip install 'tsphot[parquet]'"
+            ) from None
+    kw = {"comment": "# "} if fmt == "csv" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FITS: HIERARCH cards for long meta keys
+        atomic_write(path, lambda tmp: t.write(tmp, format=astropy_fmt, overwrite=True, **kw))
+
+
+def read_table_as(path: Path, fmt: str) -> QTable:
+    """Read back a table written by write_table_as."""
+    _, astropy_fmt = TABLE_FORMATS[fmt]
+    if fmt == "csv":
+        t = QTable.read(path, format="ascii.csv", comment="#")
+    else:
+        t = QTable.read(path, format=astropy_fmt)
+    return _unmask_text(t)
+
+
+def write_exports(
+    formats: list[str],
+    products: RunProducts,
+    out_dir: str | Path,
+    settings: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> list[Path]:
+    """Write each requested format from a run's products into out_dir; return the files.
+
+    settings: the run's settings (default: those in run.json); overrides (observer_code,
+    aavso_filter, aavso_chart, obstype, exoplanet_name) win over them.
+    """
+    from tsphot.products import aavso, aij
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s = dict(settings if settings is not None else products.record.get("settings", {}))
+    s.update({k: v for k, v in overrides.items() if v is not None})
+    written: list[Path] = []
+    header_filters = [i.get("filter", "") for i in products.record.get("inputs", [])
+                      if i.get("status") == "ok"]  # fmt: skip
+    for fmt in formats:
+        if fmt in TABLE_FORMATS:
+            suffix = TABLE_FORMATS[fmt][0]
+            path = out_dir / f"results.{suffix}"
+            write_table_as(products.results, path, fmt)
+            written.append(path)
+            for name, t in products.curves.items():
+                path = out_dir / f"lightcurve_{safe_name(name)}.{suffix}"
+                write_table_as(t, path, fmt)
+                written.append(path)
+        elif fmt == "aavso-extended":
+            targets = products.by_role("target")
+            code = aavso.filter_code(s.get("aavso_filter"), header_filters)
+            text = aavso.extended_report(
+                targets,
+                products.by_role("check"),
+                products.results,
+                products.record,
+                observer_code=s.get("observer_code"),
+                filter_code_=code,
+                chart=s.get("aavso_chart") or "na",
+                obstype=s.get("obstype") or "CCD",
+            )
+            path = out_dir / "aavso_extended.txt"
+            atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
+            written.append(path)
+        elif fmt == "aavso-exoplanet":
+            code = aavso.filter_code(s.get("aavso_filter"), header_filters)
+            for name, lc in products.by_role("target").items():
+                text = aavso.exoplanet_report(
+                    name,
+                    lc,
+                    products.results,
+                    products.record,
+                    s,
+                    observer_code=s.get("observer_code"),
+                    filter_code_=code,
+                    planet_name=s.get("exoplanet_name"),
+                    obstype=s.get("obstype") or "CCD",
+                )
+                path = out_dir / f"aavso_exoplanet_{safe_name(name)}.txt"
+                atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
+                written.append(path)
+        elif fmt == "aij":
+            table, _ = aij.measurements_table(products.results, products.curves, products.record)
+            path = out_dir / "measurements_aij.tbl"
+            aij.write_measurements(table, path)
+            written.append(path)
+            objs = _objects_for_aij(products)
+            height = int(products.record.get("image_shape", [0, 0])[0])
+            ap = products.record.get("apertures", {})
+            path = out_dir / "tsphot.apertures"
+            aij.write_apertures(
+                path, objs, height, ap.get("chosen_radius_px"), tuple(ap.get("annulus_px"))
+            )
+            written.append(path)
+            if all(o.get("ra") is not None for o in objs):
+                path = out_dir / "tsphot.radec"
+                aij.write_radec(path, objs)
+                written.append(path)
+        else:
+            raise ExportError(f"unknown export format {fmt!r}")
+    return written
+
+
+def _objects_for_aij(products: RunProducts) -> list[dict[str, Any]]:
+    """The run's objects in AstroImageJ order (targets, checks, then comparison stars)."""
+    rec = products.record
+    objs = []
+    for name, o in rec.get("objects", {}).items():
+        objs.append({"name": name, "role": o["role"], "x": o.get("x"), "y": o.get("y"),
+                     "ra": o.get("ra_deg"), "dec": o.get("dec_deg"),
+                     "mag": o.get("catalog_mag")})  # fmt: skip
+    for c in rec.get("comparison_stars", []):
+        objs.append({"name": c["name"], "role": "comp", "x": c["x"], "y": c["y"],
+                     "ra": c.get("ra_deg"), "dec": c.get("dec_deg"),
+                     "mag": c.get("catalog_mag")})  # fmt: skip
+    objs.sort(key=lambda o: {"target": 0, "check": 1}.get(o["role"], 2))
+    return [o for o in objs if o["x"] is not None]

@@ -1,4 +1,15 @@
-"""Plots: the light-curve figure a person would put in a report."""
+"""Pictures a person would put in a report, each as PNG and PDF.
+
+- ``lightcurve``: the target(s) with binned points and the model; check stars and the most
+  heavily weighted comparison stars (their leave-one-out curves) offset below.
+- ``conditions``: airmass, sky, FWHM, x/y drift and transparency against time, with the frames
+  left out of the light curve marked.
+- ``finder``: the reference frame with every aperture and annulus, labelled; comparison stars
+  with their weights, rejected ones crossed out; north and east arrows when a WCS exists.
+- ``noise``: predicted against achieved scatter for every star, against magnitude.
+
+PDFs carry no creation date, so the same run gives the same files.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +21,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import patheffects
+
+OUTLINE = [patheffects.withStroke(linewidth=2.0, foreground="black")]
+PDF_META = {"CreationDate": None, "Producer": None, "Creator": "tsphot"}
+PNG_META = {"Software": None}
 
 
 def binned(t: np.ndarray, y: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -30,58 +46,330 @@ def binned(t: np.ndarray, y: np.ndarray, width: float) -> tuple[np.ndarray, np.n
     return np.array(tb), np.array(yb), np.array(eb)
 
 
-def lightcurve_plot(red: Any, curves: dict[str, Any], path: Path) -> None:
-    """Targets' relative flux with binned points and model; check stars offset below."""
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+def _save(fig: Any, stem: Path) -> list[Path]:
+    png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
+    fig.savefig(png, metadata=PNG_META)
+    fig.savefig(pdf, metadata=PDF_META)
+    plt.close(fig)
+    return [png, pdf]
+
+
+def _time_axis(red: Any, curves: dict[str, Any]) -> tuple[np.ndarray, str, float]:
+    """Times of the frames (BJD_TDB of the first target, else JD_UTC) less the night's day."""
+    t = None
+    label = "JD_UTC"
+    for tab in curves.values():
+        if tab.meta.get("role") == "target":
+            b = np.asarray(tab["BJD_TDB"].value)
+            if np.isfinite(b).any():
+                t, label = b, "BJD_TDB"
+            break
+    if t is None:
+        t = np.asarray(red.jd_utc, float)
+    t0 = float(np.floor(np.nanmin(t))) if np.isfinite(t).any() else 0.0
+    return t - t0, label, t0
+
+
+# ----------------------------------------------------------------------------- light curve
+
+
+def lightcurve_plot(red: Any, curves: dict[str, Any], path: Path, n_comps: int = 3) -> list[Path]:
+    """Targets' relative flux with binned points and model; checks and comparisons below."""
+    fig, ax = plt.subplots(figsize=(11, 6.5), dpi=100)
+    x, label_t, t0 = _time_axis(red, curves)
     offset = 0.0
-    t0 = None
+    entries: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray, Any]] = []
     for name, t in sorted(curves.items(), key=lambda kv: kv[1].meta["role"] != "target"):
         c = red.curves[name]
-        time = np.asarray(t["BJD_TDB"].value)
-        label_t = "BJD_TDB"
-        if not np.isfinite(time).any():
-            time, label_t = np.asarray(t["JD_UTC"].value), "JD_UTC"
-        if t0 is None:
-            t0 = np.floor(np.nanmin(time))
-        x = time - t0
-        v = c.valid
-        ax.errorbar(
-            x[v],
-            c.rel_flux[v] - offset,
-            yerr=c.rel_flux_err[v],
-            fmt=".",
-            ms=3,
-            alpha=0.35,
-            color="C0" if c.role == "target" else "C2",
-            lw=0.5,
-        )
+        entries.append((name, c.role, c.rel_flux, c.rel_flux_err, c.valid, t))
+    ens = red.ensemble
+    order = np.argsort(-np.where(ens.used, ens.weights, -np.inf))
+    for j in order[: min(n_comps, int(ens.used.sum()))]:
+        loo = np.asarray(ens.loo_mag[:, j], float)
+        ok = np.isfinite(loo)
+        if ok.sum() < 3:
+            continue
+        rel = 10 ** (-0.4 * (loo - np.nanmedian(loo[ok])))
+        err = rel * np.asarray(ens.loo_err[:, j], float) / 1.0857362
+        share = 100 * ens.weights[j] / np.sum(ens.weights[ens.used])
+        entries.append((ens.names[j], f"comp, {share:.1f}% of the weight", rel, err, ok, None))
+    colors = {"target": ("C0", "k"), "check": ("C2", "C3")}
+    for name, role, rel, err, v, t in entries:
+        point_c, bin_c = colors.get(role, ("0.6", "C4"))
+        ax.errorbar(x[v], rel[v] - offset, yerr=err[v], fmt=".", ms=3, alpha=0.35,
+                    color=point_c, lw=0.5)  # fmt: skip
         span = np.nanmax(x[v]) - np.nanmin(x[v]) if v.any() else 0
-        tb, yb, eb = binned(x[v], c.rel_flux[v], max(span / 25, 1e-3))
-        ax.errorbar(
-            tb,
-            yb - offset,
-            yerr=eb,
-            fmt="o",
-            ms=5,
-            color="k" if c.role == "target" else "C3",
-            label=f"{name} ({c.role}) rms {1e2 * c.rms:.2f} %",
-        )
-        if "model" in t.colnames:
-            m = np.asarray(t["model"])
+        tb, yb, eb = binned(x[v], rel[v], max(span / 25, 1e-3))
+        rms = float(np.std(rel[v])) if v.sum() > 2 else float("nan")
+        fit = red.curves[name].fit if name in red.curves else None
+        what = f"rms {1e2 * rms:.2f} %"
+        if fit is not None:
+            what = f"rms {1e2 * fit.residual_rms:.2f} % about the model"
+        ax.errorbar(tb, yb - offset, yerr=eb, fmt="o", ms=5, color=bin_c,
+                    label=f"{name} ({role}) {what}")  # fmt: skip
+        if t is not None and "model" in t.colnames:
+            m = np.asarray(t["model"], float)
             ok = np.isfinite(m)
             ax.plot(x[ok], m[ok] - offset, "-", color="C1", lw=1.5, label=f"{name} model")
         bad = ~v
-        if bad.any():
-            yb_ = np.full(bad.sum(), np.nanmin(c.rel_flux[v]) - offset if v.any() else 1 - offset)
-            ax.plot(x[bad], yb_ - 0.005, "x", color="r", ms=4)
-        offset += max(0.04, 6 * c.rms if np.isfinite(c.rms) else 0.04)
-    ax.set_xlabel(f"{label_t} − {t0:.0f} (d)" if t0 is not None else "time")
-    ax.set_ylabel("relative flux (offset for check stars)")
+        if bad.any() and v.any():
+            yb_ = np.full(bad.sum(), np.nanmin(rel[v]) - offset - 0.005)
+            ax.plot(x[bad], yb_, "x", color="r", ms=4)
+        offset += max(0.04, 6 * rms if np.isfinite(rms) else 0.04)
+    ax.set_xlabel(f"{label_t} − {t0:.0f} (d)")
+    ax.set_ylabel("relative flux (offset below the target)")
     ax.set_title(
         f"tsphot differential light curve (aperture {red.radius:.1f} px, "
-        f"{int(red.ensemble.used.sum())} comparison stars)"
+        f"{int(red.ensemble.used.sum())} comparison stars); × = left out"
     )
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return _save(fig, Path(path).with_suffix(""))
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+def conditions_plot(
+    red: Any, results: list, curves: dict[str, Any], plan: Any, path: Path
+) -> list[Path]:
+    """Airmass, sky, FWHM, x/y drift and transparency against time; rejected frames marked."""
+    x, label_t, t0 = _time_axis(red, curves)
+    fwhm = np.array([r.fwhm for r in results], float)
+    sky = np.array([r.sky_level for r in results], float)
+    dx = np.full(len(results), np.nan)
+    dy = np.full(len(results), np.nan)
+    names = [o.name for o in plan.objects]
+    ti = next(i for i, o in enumerate(plan.objects) if o.role == "target")
+    for k, r in enumerate(results):
+        if r.status == "ok" and len(r.columns.get("x", [])) == len(names):
+            dx[k] = r.columns["x"][ti] - plan.objects[ti].x
+            dy[k] = r.columns["y"][ti] - plan.objects[ti].y
+    frame_bad = ~np.asarray(red.frame_ok, bool)
+    cloudy = np.asarray(red.cloudy, bool)
+    target = next(c for c in red.curves.values() if c.role == "target")
+    outlier = target.outlier if target.outlier is not None else np.zeros(len(x), bool)
+    panels = [
+        ("airmass", np.asarray(red.airmass, float)),
+        ("sky (ADU)", sky),
+        ("FWHM (px)", fwhm),
+        ("drift (px)", None),
+        ("transparency", np.asarray(red.transparency, float)),
+    ]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 9), dpi=110, sharex=True)
+    for ax, (label, y) in zip(axes, panels, strict=True):
+        if y is None:
+            ax.plot(x, dx, ".-", ms=2, lw=0.5, label="x")
+            ax.plot(x, dy, ".-", ms=2, lw=0.5, label="y")
+            ax.legend(fontsize=7, loc="best")
+            y = np.concatenate([dx, dy])
+            xs = np.concatenate([x, x])
+        else:
+            ax.plot(x, y, ".-", ms=2, lw=0.5, color="C0")
+            xs = x
+        ax.set_ylabel(label)
+        finite = np.isfinite(y)
+        lo = np.nanmin(y) if finite.any() else 0.0
+        for mask, style, what in (
+            (frame_bad, ("r", "x"), "not measured"),
+            (cloudy, ("m", "v"), "thick cloud"),
+            (outlier, ("orange", "d"), "outlier"),
+        ):
+            if mask.any():
+                ax.plot(x[mask], np.full(mask.sum(), lo), style[1], color=style[0], ms=5,
+                        label=what if label == "airmass" else None)  # fmt: skip
+        if label == "transparency":
+            ax.axhline(1.0, color="0.7", lw=0.5)
+        del xs
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7, loc="best")
+    axes[-1].set_xlabel(f"{label_t} − {t0:.0f} (d)")
+    axes[0].set_title("observing conditions (marks: frames left out of the light curve)")
+    fig.tight_layout()
+    return _save(fig, Path(path).with_suffix(""))
+
+
+# ----------------------------------------------------------------------------- finder chart
+
+
+def _reference_image(plan: Any) -> np.ndarray | None:
+    from tsphot import calibrate, ingest, pipeline
+
+    try:
+        info = ingest.read_header(plan.ref_path)
+        raw, _ = ingest.read_pixels(plan.ref_path, info.pedestal)
+        return calibrate.apply(raw, info.exptime, pipeline._masters(plan.masters_file))
+    except Exception:
+        return None
+
+
+def _compass(ax: Any, header: Any, shape: tuple[int, int]) -> None:
+    """North and east arrows from the reference frame's WCS."""
+    from tsphot import ingest
+
+    wcs = ingest.quiet_wcs(header) if header is not None else None
+    if wcs is None:
+        return
+    ny, nx = shape
+    x0, y0 = 0.15 * nx, 0.15 * ny
+    length = 0.08 * min(nx, ny)
+    from astropy import units as u
+
+    try:
+        c = wcs.pixel_to_world(x0, y0)
+        north = c.directional_offset_by(0.0 * u.deg, 30.0 * u.arcsec)
+        east = c.directional_offset_by(90.0 * u.deg, 30.0 * u.arcsec)
+    except Exception:
+        return
+    for other, label in ((north, "N"), (east, "E")):
+        px, py = wcs.world_to_pixel(other)
+        d = np.array([float(px) - x0, float(py) - y0])
+        norm = np.hypot(*d)
+        if not norm > 0:
+            continue
+        d = d / norm * length
+        ax.annotate("", xy=(x0 + d[0], y0 + d[1]), xytext=(x0, y0),
+                    arrowprops={"arrowstyle": "->", "color": "yellow", "lw": 1.5})  # fmt: skip
+        ax.text(x0 + 1.25 * d[0], y0 + 1.25 * d[1], label, color="yellow", fontsize=10,
+                ha="center", va="center", fontweight="bold", path_effects=OUTLINE)  # fmt: skip
+
+
+def finder_chart(plan: Any, red: Any, notes: dict, path: Path) -> list[Path]:
+    """The reference frame with each aperture and annulus drawn and labelled."""
+    from matplotlib.patches import Circle, Ellipse
+
+    img = _reference_image(plan)
+    ny, nx = plan.shape
+    fig, ax = plt.subplots(figsize=(8, 8 * ny / nx + 0.4), dpi=110)
+    if img is not None:
+        # shown binned to at most ~700 px a side: what the page can show, a fraction of the
+        # drawing time and file size
+        k = max(1, int(np.ceil(max(ny, nx) / 700)))
+        if k > 1:
+            img = (
+                img[: ny // k * k, : nx // k * k].reshape(ny // k, k, nx // k, k).mean(axis=(1, 3))
+            )
+        finite = np.isfinite(img)
+        lo, hi = np.percentile(img[finite], [5, 99.7]) if finite.any() else (0, 1)
+        ax.imshow(np.clip(img, lo, hi), origin="lower", cmap="gray", vmin=lo, vmax=hi,
+                  interpolation="nearest", extent=(-0.5, (nx // k) * k - 0.5, -0.5,
+                                                   (ny // k) * k - 0.5))  # fmt: skip
+    else:
+        ax.set_facecolor("black")
+    ax.set_xlim(-0.5, nx - 0.5)
+    ax.set_ylim(-0.5, ny - 0.5)
+    aps = plan.apertures
+    r_ap = red.radius
+    b_over_a = 1.0 - aps.ellipticity
+    ens = red.ensemble
+    comp_pos = {n: j for j, n in enumerate(ens.names)}
+    wsum = float(np.sum(ens.weights[ens.used])) if ens.used.any() else 1.0
+    for o in plan.objects:
+        if o.role == "target":
+            color = "lime"
+        elif o.role == "check":
+            color = "cyan"
+        else:
+            j = comp_pos.get(o.name)
+            color = "orange" if j is not None and ens.used[j] else "red"
+        ax.add_patch(Ellipse((o.x, o.y), 2 * r_ap, 2 * r_ap * b_over_a, angle=aps.theta_deg,
+                             fill=False, color=color, lw=1.0))  # fmt: skip
+        for r in aps.annulus:
+            ax.add_patch(Circle((o.x, o.y), r, fill=False, color=color, lw=0.5, ls="--"))
+        label = o.name
+        if o.role == "comp":
+            j = comp_pos.get(o.name)
+            if j is not None and ens.used[j]:
+                label += f" {100 * ens.weights[j] / wsum:.1f}%"
+            elif j is not None:
+                d = aps.annulus[1] * 0.7
+                ax.plot([o.x - d, o.x + d], [o.y - d, o.y + d], color="red", lw=1.2)
+                ax.plot([o.x - d, o.x + d], [o.y + d, o.y - d], color="red", lw=1.2)
+        elif o.role in ("target", "check"):
+            label += f" ({o.role})"
+        ax.text(o.x + aps.annulus[1] + 2, o.y, label, color=color, fontsize=7, va="center",
+                path_effects=OUTLINE)  # fmt: skip
+    _compass(ax, notes.get("reference_header"), plan.shape)
+    ax.set_xlabel("x (px, 0-based column)")
+    ax.set_ylabel("y (px, 0-based row)")
+    n_used = int(ens.used.sum())
+    ax.set_title(
+        f"finder: {Path(plan.ref_path).name}; aperture {r_ap:.1f} px, annulus "
+        f"{aps.annulus[0]:.1f}–{aps.annulus[1]:.1f} px\n{n_used} comparison stars kept "
+        "(% = share of the ensemble weight), rejected ones crossed out",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return _save(fig, Path(path).with_suffix(""))
+
+
+# ----------------------------------------------------------------------------- noise budget
+
+
+def noise_budget_plot(red: Any, plan: Any, path: Path) -> list[Path]:
+    """Predicted and achieved scatter of every star against its median instrumental magnitude.
+
+    Comparison stars: the leave-one-out rms and the rms its errors predict (ensemble removed),
+    from the ensemble solution. Targets and check stars: the rms of the differential light
+    curve and its median error (star ⊕ ensemble ⊕ scintillation).
+    """
+    ens = red.ensemble
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    comp_mag = np.array(
+        [np.nanmedian(np.where(red.valid[:, i], red.mag[:, i], np.nan)) for i in red.comp_index]
+    )
+    rms = np.asarray(ens.rms, float) * 1e3
+    exp = np.asarray(ens.expected, float) * 1e3
+    used = np.asarray(ens.used, bool)
+    ax.scatter(comp_mag[used], rms[used], s=18, color="C0", label="comparison: achieved")
+    ax.scatter(comp_mag[used], exp[used], s=18, marker="_", color="C0", lw=2,
+               label="comparison: predicted")  # fmt: skip
+    if (~used).any():
+        ax.scatter(comp_mag[~used], rms[~used], s=22, marker="x", color="r",
+                   label="comparison: rejected (achieved)")  # fmt: skip
+        ax.scatter(comp_mag[~used], exp[~used], s=18, marker="_", color="r", lw=2)
+    for j in range(len(ens.names)):
+        if np.isfinite(comp_mag[j]) and np.isfinite(rms[j]):
+            ax.plot([comp_mag[j]] * 2, [rms[j], exp[j]], color="0.7", lw=0.5, zorder=0)
+    names = [o.name for o in plan.objects]
+    for name, c in red.curves.items():
+        i = names.index(name)
+        m = np.nanmedian(np.where(red.valid[:, i], red.mag[:, i], np.nan))
+        # with a fit, the scatter about the model (a transit is signal, not noise)
+        ach = 1085.7362 * (c.fit.residual_rms if c.fit is not None else c.rms)
+        pred = 1085.7362 * c.median_err
+        color = "k" if c.role == "target" else "C2"
+        ax.scatter([m], [ach], s=60, marker="*", color=color, label=f"{name} ({c.role}): achieved")
+        ax.scatter([m], [pred], s=60, marker="_", color=color, lw=2,
+                   label=f"{name} ({c.role}): predicted")  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel("median instrumental magnitude (−2.5 log10(e-/s) + 25)")
+    ax.set_ylabel("scatter (mmag)")
+    ax.set_title("noise budget: achieved against predicted scatter of every star")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, Path(path).with_suffix(""))
+
+
+# ----------------------------------------------------------------------------- all of them
+
+
+def write_all(
+    settings: Any,
+    frames: list,
+    plan: Any,
+    results: list,
+    red: Any,
+    notes: dict,
+    curves: dict[str, Any],
+    out: Path,
+) -> list[Path]:
+    """Write every picture of a run into out/ (PNG and PDF); return the files."""
+    out = Path(out)
+    files: list[Path] = []
+    files += lightcurve_plot(red, curves, out / "lightcurve.png")
+    files += conditions_plot(red, results, curves, plan, out / "conditions.png")
+    files += finder_chart(plan, red, notes, out / "finder.png")
+    files += noise_budget_plot(red, plan, out / "noise_budget.png")
+    return files
