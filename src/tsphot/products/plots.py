@@ -307,45 +307,39 @@ def finder_chart(plan: Any, red: Any, notes: dict, path: Path) -> list[Path]:
 
 
 def noise_budget_plot(red: Any, plan: Any, path: Path) -> list[Path]:
-    """Predicted and achieved scatter of every star against its median instrumental magnitude.
-
-    Comparison stars: the leave-one-out rms and the rms its errors predict (ensemble removed),
-    from the ensemble solution. Targets and check stars: the rms of the differential light
-    curve and its median error (star ⊕ ensemble ⊕ scintillation).
-    """
-    ens = red.ensemble
+    """Achieved against predicted scatter (mmag) of every star, against its magnitude, with the
+    noise model's terms (photon, background, scintillation, ensemble) drawn per star."""
+    budget = getattr(red, "budget", {}) or {}
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    comp_mag = np.array(
-        [np.nanmedian(np.where(red.valid[:, i], red.mag[:, i], np.nan)) for i in red.comp_index]
-    )
-    rms = np.asarray(ens.rms, float) * 1e3
-    exp = np.asarray(ens.expected, float) * 1e3
-    used = np.asarray(ens.used, bool)
-    ax.scatter(comp_mag[used], rms[used], s=18, color="C0", label="comparison: achieved")
-    ax.scatter(comp_mag[used], exp[used], s=18, marker="_", color="C0", lw=2,
-               label="comparison: predicted")  # fmt: skip
-    if (~used).any():
-        ax.scatter(comp_mag[~used], rms[~used], s=22, marker="x", color="r",
-                   label="comparison: rejected (achieved)")  # fmt: skip
-        ax.scatter(comp_mag[~used], exp[~used], s=18, marker="_", color="r", lw=2)
-    for j in range(len(ens.names)):
-        if np.isfinite(comp_mag[j]) and np.isfinite(rms[j]):
-            ax.plot([comp_mag[j]] * 2, [rms[j], exp[j]], color="0.7", lw=0.5, zorder=0)
-    names = [o.name for o in plan.objects]
-    for name, c in red.curves.items():
-        i = names.index(name)
-        m = np.nanmedian(np.where(red.valid[:, i], red.mag[:, i], np.nan))
-        # with a fit, the scatter about the model (a transit is signal, not noise)
-        ach = 1085.7362 * (c.fit.residual_rms if c.fit is not None else c.rms)
-        pred = 1085.7362 * c.median_err
-        color = "k" if c.role == "target" else "C2"
-        ax.scatter([m], [ach], s=60, marker="*", color=color, label=f"{name} ({c.role}): achieved")
-        ax.scatter([m], [pred], s=60, marker="_", color=color, lw=2,
-                   label=f"{name} ({c.role}): predicted")  # fmt: skip
+    k = 1085.7362  # mmag per unit of fractional flux
+    rows = sorted(budget.items(), key=lambda kv: kv[1]["mag"])
+    comps = [(n, b) for n, b in rows if b["role"] == "comp"]
+    if comps:
+        mags = np.array([b["mag"] for _, b in comps])
+        styles = {"photon": ":", "background": "--", "scintillation": "-.", "ensemble": (0, (1, 3))}
+        for term, ls in styles.items():
+            ax.plot(mags, [k * b["terms"][term] for _, b in comps], ls=ls, color="0.45", lw=1,
+                    label=f"model: {term}")  # fmt: skip
+        ax.plot(mags, [k * b["predicted"] for _, b in comps], color="0.2", lw=1.2,
+                label="model: total")  # fmt: skip
+        used = np.array([bool(b["used_in_ensemble"]) for _, b in comps])
+        ach = np.array([k * b["achieved"] for _, b in comps])
+        ax.scatter(mags[used], ach[used], s=18, color="C0", label="comparison (used)")
+        if (~used).any():
+            ax.scatter(mags[~used], ach[~used], s=24, marker="x", color="r",
+                       label="comparison (rejected)")  # fmt: skip
+    for name, b in rows:
+        if b["role"] == "comp":
+            continue
+        color = "k" if b["role"] == "target" else "C2"
+        ax.scatter([b["mag"]], [k * b["achieved"]], s=90, marker="*", color=color,
+                   label=f"{name}: achieved ({b['achieved_from']})")  # fmt: skip
+        ax.scatter([b["mag"]], [k * b["predicted"]], s=90, marker="_", color=color, lw=2,
+                   label=f"{name}: predicted ({b['ratio']:.2f}×)")  # fmt: skip
     ax.set_yscale("log")
     ax.set_xlabel("median instrumental magnitude (−2.5 log10(e-/s) + 25)")
-    ax.set_ylabel("scatter (mmag)")
-    ax.set_title("noise budget: achieved against predicted scatter of every star")
+    ax.set_ylabel("scatter per point (mmag)")
+    ax.set_title("noise budget: achieved scatter against the noise model, star by star")
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
