@@ -43,7 +43,7 @@ def test_every_bad_file_named_with_its_problem(bad_run):
     _, summary = bad_run
     bad = {k.split("/")[-1]: v for k, v in summary["frames_bad"].items()}
     assert "missing_0099.fits" in bad and "not found" in bad["missing_0099.fits"]
-    assert "sci_notfits.fits" in bad and "not a readable FITS" in bad["sci_notfits.fits"]
+    assert "sci_notfits.fits" in bad and "not a FITS file" in bad["sci_notfits.fits"]
     assert "sci_small.fits" in bad and "120x100" in bad["sci_small.fits"]
 
 

@@ -85,8 +85,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write calibrated frames (provenance in their headers) to OUT/calibrated",
     )
-    r.add_argument("--executor", choices=["serial", "processes"])
-    r.add_argument("--workers", type=int)
+    r.add_argument(
+        "--executor",
+        choices=["serial", "processes", "dask"],
+        help="serial, a local process pool (default) or Dask (a local cluster unless --scheduler)",
+    )
+    r.add_argument("--workers", type=int, help="processes or local Dask workers (default: cores)")
+    r.add_argument(
+        "--scheduler", help="use the running Dask cluster at this address, e.g. tcp://HOST:8786"
+    )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into the same --out, reusing the frames it measured",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.add_argument(
         "--export",
@@ -306,8 +318,10 @@ def _cmd_run(a: argparse.Namespace) -> int:
         "saturation": a.saturation,
         "min_transparency": a.min_transparency,
         "outlier_sigma": a.outlier_sigma,
-        "executor": a.executor,
         "workers": a.workers,
+        "scheduler": a.scheduler,
+        "executor": "dask" if a.scheduler and not a.executor else a.executor,
+        "resume": a.resume or None,
         "quiet": a.quiet or None,
         **_calibration_settings(a),
         "exports": a.export,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import os
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,16 +236,18 @@ def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo
         info.status, info.reason = "missing", f"{path}: file not found"
         return info
     try:
-        with fits.open(path, memmap=False) as hdul:
-            hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
-            if hdu is None:
-                info.status, info.reason = "bad_file", f"{path}: no 2-D image in any HDU"
-                return info
-            header = hdu.header
-            info.shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fits.open(path, memmap=False) as hdul:
+                hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
+                if hdu is None:
+                    info.status, info.reason = "bad_file", _no_image(path, hdul)
+                    return info
+                header = hdu.header
+                info.shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
     except (OSError, ValueError, TypeError) as exc:
         info.status = "bad_file"
-        info.reason = f"{path}: not a readable FITS file ({exc}); check the file or remove it"
+        info.reason = f"{path}: {_unreadable(path, exc, caught)}"
         return info
     named = overrides.get("profile")
     profile = PROFILES[named] if named in PROFILES else detect_profile(header)
@@ -250,17 +255,35 @@ def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo
 
     k, v = _first(header, profile.keys("exptime"))
     if v is None:
-        info.status, info.reason = "bad_header", f"{path}: no exposure time (EXPTIME/EXPOSURE)"
+        info.status = "bad_header"
+        info.reason = (
+            f"{path}: no exposure time (none of {', '.join(profile.keys('exptime'))}); "
+            "add EXPTIME (seconds) to the header, or remove the file"
+        )
         return info
     try:
         info.exptime = float(v)
     except (TypeError, ValueError):
-        info.status, info.reason = "bad_header", f"{path}: {k} = {v!r} is not a number of seconds"
+        info.status = "bad_header"
+        info.reason = (
+            f"{path}: {k} = {v!r} is not a number of seconds; fix the keyword or remove the file"
+        )
+        return info
+    if not (np.isfinite(info.exptime) and info.exptime >= 0):  # 0 s: a bias frame
+        info.status = "bad_header"
+        info.reason = (
+            f"{path}: {k} = {v!r}; an exposure time must be a positive number of seconds: "
+            "fix the keyword or remove the file"
+        )
         return info
 
     k, date = _first(header, profile.keys("date_obs"))
     if date is None:
-        info.status, info.reason = "bad_header", f"{path}: no DATE-OBS keyword"
+        info.status = "bad_header"
+        info.reason = (
+            f"{path}: no observation time (none of {', '.join(profile.keys('date_obs'))}); add "
+            "DATE-OBS (UTC, e.g. 2024-05-01T03:04:05.6) to the header, or remove the file"
+        )
         return info
     info.date_obs = str(date)
     if "T" not in info.date_obs:
@@ -274,7 +297,10 @@ def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo
         )
     except (ValueError, TypeError) as exc:
         info.status = "bad_header"
-        info.reason = f"{path}: {k} = {date!r} is not a date and time ({exc})"
+        info.reason = (
+            f"{path}: {k} = {date!r} is not a date and time ({exc}); write it as UTC in ISO "
+            "8601 (e.g. 2024-05-01T03:04:05.6), or remove the file"
+        )
         return info
 
     for attr in ("gain", "read_noise", "saturation"):
@@ -345,19 +371,73 @@ def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo
     return info
 
 
+def _no_image(path: str, hdul: Any) -> str:
+    """Reason for a FITS file that holds no 2-D image, naming what it does hold."""
+    found = ", ".join(
+        f"HDU {i}: " + ("header only" if h.data is None else f"{h.data.ndim}-D {type(h).__name__}")
+        for i, h in enumerate(hdul)
+    )
+    return (
+        f"{path}: no 2-D image in the file ({found}); the exposure is empty: take the file "
+        "again from the camera computer, or remove it"
+    )
+
+
+def _unreadable(path: str, exc: Exception, caught: list | None = None) -> str:
+    """Plain words for a file that astropy cannot read: not FITS, truncated, or corrupt."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(80)
+    except OSError as err:
+        return f"cannot read the file ({err.strerror}); check its permissions"
+    if not head.startswith(b"SIMPLE  =") and not head.startswith(b"\x1f\x8b"):
+        return (
+            "not a FITS file (it does not begin with the FITS 'SIMPLE' card); remove it from "
+            "the inputs"
+        )
+    for w in caught or []:
+        text = str(w.message)
+        if "truncated" in text:
+            return (
+                f"truncated FITS file ({text.split(':', 1)[-1].strip()}): the copy is "
+                "incomplete; copy it again from the camera computer, or remove it"
+            )
+    return f"corrupt FITS file ({exc}); check the file or remove it"
+
+
 def read_pixels(path: str, pedestal: float = 0.0) -> tuple[np.ndarray, fits.Header]:
     """Read the first 2-D image of a FITS file as float32 ADU (BZERO applied, PEDESTAL added)."""
+    return _read_image(path, path, pedestal)
+
+
+def read_pixels_sha256(path: str, pedestal: float = 0.0) -> tuple[np.ndarray, fits.Header, str]:
+    """Like read_pixels, and the SHA-256 of the file's bytes, from a single read of the file."""
     try:
-        with fits.open(path, memmap=False) as hdul:
-            hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
-            if hdu is None:
-                raise InputError(f"{path}: no 2-D image in any HDU")
-            data = np.asarray(hdu.data, dtype=np.float32)
-            header = hdu.header.copy()
+        with open(path, "rb") as fh:
+            blob = fh.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror}); check its permissions") from None
+    data, header = _read_image(io.BytesIO(blob), path, pedestal)
+    return data, header, hashlib.sha256(blob).hexdigest()
+
+
+def _read_image(source: Any, path: str, pedestal: float) -> tuple[np.ndarray, fits.Header]:
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fits.open(source, memmap=False) as hdul:
+                hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
+                if hdu is None:
+                    raise InputError(_no_image(path, hdul))
+                data = np.asarray(hdu.data, dtype=np.float32)
+                header = hdu.header.copy()
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"{path}: not a readable FITS file ({exc})") from None
+        raise InputError(f"{path}: {_unreadable(path, exc, caught)}") from None
     if pedestal:
         data += np.float32(pedestal)
     return data, header
@@ -372,9 +452,18 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def ingest(paths: list[str], overrides: dict[str, Any] | None = None) -> list[FrameInfo]:
+def ingest(
+    paths: list[str],
+    overrides: dict[str, Any] | None = None,
+    progress: Callable[[Any], None] | None = None,
+) -> list[FrameInfo]:
     """Read every exposure's header; return them sorted by mid-exposure time, bad ones last."""
-    return order_frames([read_header(p, overrides) for p in paths])
+    infos = []
+    for p in paths:
+        infos.append(read_header(p, overrides))
+        if progress is not None:
+            progress(infos[-1])
+    return order_frames(infos)
 
 
 def order_frames(infos: list[FrameInfo]) -> list[FrameInfo]:
@@ -391,17 +480,64 @@ def order_frames(infos: list[FrameInfo]) -> list[FrameInfo]:
                     f"{i.path}: image is {i.shape[1]}x{i.shape[0]} px but the night's frames are "
                     f"{shape[1]}x{shape[0]}; remove it or reduce it separately"
                 )
+    _flag_minority(
+        good,
+        "binning",
+        lambda i: i.binning,
+        "bad_binning",
+        lambda i, v: (
+            f"binned {i.binning[0]}x{i.binning[1]}, but the night's frames are "
+            f"{v[0]}x{v[1]}; reduce each binning separately"
+        ),
+    )
+    _flag_minority(
+        good,
+        "filter",
+        lambda i: i.filter.strip().casefold() or None,  # frames that do not say are not judged
+        "other_filter",
+        lambda i, v: (
+            f"filter {i.filter.strip()!r}, but most of the night's frames are "
+            f"{v!r}; reduce each filter separately"
+        ),
+    )
     seen: dict[float, str] = {}
     for i in good:
         if i.status == "ok" and i.jd_utc_mid in seen:
             i.status = "duplicate"
-            i.reason = f"{i.path}: same start time as {seen[i.jd_utc_mid]}; duplicated exposure"
+            i.reason = (
+                f"{i.path}: same time ({i.date_obs}) as {seen[i.jd_utc_mid]}: a duplicated "
+                "exposure, measured once from the other file; remove one of the copies"
+            )
         elif i.status == "ok":
             seen[i.jd_utc_mid] = i.path
     ordered = good + bad
     for n, i in enumerate(ordered):
         i.index = n
     return ordered
+
+
+def _flag_minority(
+    infos: list[FrameInfo],
+    what: str,
+    value: Callable[[FrameInfo], Any],
+    status: str,
+    why: Callable[[FrameInfo, Any], str],
+) -> None:
+    """Mark usable frames whose `what` differs from most frames' (None: not judged)."""
+    vals = [value(i) for i in infos if i.status == "ok" and value(i) is not None]
+    if len(set(vals)) < 2:
+        return
+    common = max(sorted(set(vals), key=str), key=vals.count)  # ties: the same pick every run
+    shown = next(
+        (getattr(i, what) for i in infos if i.status == "ok" and value(i) == common), common
+    )
+    if isinstance(shown, str):
+        shown = shown.strip()
+    for i in infos:
+        v = value(i)
+        if i.status == "ok" and v is not None and v != common:
+            i.status = status
+            i.reason = f"{i.path}: {why(i, shown)}"
 
 
 def quiet_wcs(header: fits.Header) -> Any:

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from tsphot import calibrate, detect, ingest, measure, noise, register
+from tsphot import calibrate, detect, ingest, measure, noise, register, store
 from tsphot.errors import FrameError, InputError, SettingsError, TsphotError
-from tsphot.executors import map_ordered
+from tsphot.executors import Executor
 from tsphot.ingest import FrameInfo
 from tsphot.settings import ObjectSpec, Settings
 
@@ -75,6 +75,7 @@ class FrameResult:
     sky_level: float = float("nan")
     n_sources: int = 0
     columns: dict[str, np.ndarray] = field(default_factory=dict)
+    sha256: str = ""  # of the exposure's bytes, hashed as it was read; keys the checkpoint
 
 
 _MASTERS_CACHE: dict[str, calibrate.Masters] = {}
@@ -136,14 +137,17 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         res.status, res.reason = info.status, info.reason
         return res
     try:
-        raw, header = ingest.read_pixels(info.path, info.pedestal)
+        raw, header, res.sha256 = ingest.read_pixels_sha256(info.path, info.pedestal)
         if raw.shape != plan.shape:
             raise FrameError(
                 f"{info.path}: frame size {raw.shape[::-1]} differs from {plan.shape[::-1]}"
             )
         finite = np.isfinite(raw)
         if finite.sum() < 0.5 * raw.size:
-            raise FrameError(f"{info.path}: more than half the pixels are NaN or infinite")
+            raise FrameError(
+                f"{info.path}: {100 * (1 - finite.mean()):.0f} % of the pixels are NaN or "
+                f"infinite ({_region(~finite)}); check the camera software's output"
+            )
         if np.nanstd(raw) == 0:
             raise FrameError(f"{info.path}: image is constant ({np.nanmax(raw)} ADU); empty frame")
         masters = _masters(plan.masters_by_frame.get(info.index, plan.masters_file))
@@ -207,6 +211,7 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         st[~inside] = "off_frame"
         st[(st == "ok") & m["saturated"]] = "saturated"
         st[(st == "ok") & ~np.isfinite(m["flux"][:, 0])] = "no_flux"
+        _flag_nonfinite(data, x, y, max(plan.apertures.radii), st, cols)
         cols["obj_status"] = st
     except (FrameError, InputError) as exc:
         res.status = "unregistered" if "register" in str(exc) else "bad_frame"
@@ -214,6 +219,42 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
     except Exception as exc:  # one bad exposure never ends a run
         res.status, res.reason = "failed", f"{info.path}: {type(exc).__name__}: {exc}"
     return res
+
+
+def _region(bad: np.ndarray) -> str:
+    """Where the True pixels of a mask lie: count and bounding box (0-based x, y)."""
+    ys, xs = np.nonzero(bad)
+    if len(xs) == 0:
+        return "none"
+    return f"{len(xs)} px in x {xs.min()}..{xs.max()}, y {ys.min()}..{ys.max()}"
+
+
+def _flag_nonfinite(
+    data: np.ndarray, x: np.ndarray, y: np.ndarray, r: float, st: np.ndarray, cols: dict
+) -> None:
+    """Objects with NaN/inf pixels in their aperture: status bad_pixels and where they are.
+    The aperture sums skip such pixels, so the flux would be low without a word."""
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return
+    ny, nx = data.shape
+    reasons = np.array([""] * len(x), dtype=object)
+    for i, (xi, yi) in enumerate(zip(x, y, strict=True)):
+        if not (np.isfinite(xi) and np.isfinite(yi)) or st[i] == "off_frame":
+            continue
+        x0, x1 = max(int(np.floor(xi - r)), 0), min(int(np.ceil(xi + r)) + 1, nx)
+        y0, y1 = max(int(np.floor(yi - r)), 0), min(int(np.ceil(yi + r)) + 1, ny)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        inside = bad[y0:y1, x0:x1] & ((xx - xi) ** 2 + (yy - yi) ** 2 <= r * r)
+        if inside.any():
+            st[i] = "bad_pixels"
+            bx, by = xx[inside], yy[inside]
+            reasons[i] = (
+                f"{inside.sum()} NaN/inf pixels in the aperture (x {bx.min()}..{bx.max()}, "
+                f"y {by.min()}..{by.max()}): a camera defect or a bad calibration frame; "
+                "left out of this frame's photometry"
+            )
+    cols["obj_reason"] = reasons
 
 
 # ----------------------------------------------------------------------------- planning
@@ -450,12 +491,20 @@ def run(settings: Settings, tool: Any = None) -> dict[str, Any]:
 
 
 def _run(settings: Settings, out: Path, tool: Any) -> dict[str, Any]:
-    from tsphot import differential, records
-    from tsphot.products import aij, export
-
     t_start = time.time()
     if not settings.frames:
         raise SettingsError("no exposures given: tsphot run FRAMES... (files, folders or globs)")
+    with Executor(settings.executor, settings.workers, settings.scheduler) as executor:
+        return _stages(settings, out, tool, executor, t_start)
+
+
+def _stages(
+    settings: Settings, out: Path, tool: Any, executor: Executor, t_start: float
+) -> dict[str, Any]:
+    """The run's stages, in order, once the output folder and the executor are known good."""
+    from tsphot import differential, records
+    from tsphot.products import aij, export
+
     paths = ingest.expand_inputs(settings.frames)
     overrides = {
         "gain": settings.gain,
@@ -465,7 +514,13 @@ def _run(settings: Settings, out: Path, tool: Any) -> dict[str, Any]:
     }
     overrides["profile"] = settings.profile
     # Calibration frames among the inputs are sorted out by their headers (IMAGETYP).
-    science, cal_found = calibrate.split_by_kind([ingest.read_header(p, overrides) for p in paths])
+    progress = _progress(len(paths), settings.quiet, "reading headers")
+    headers = []
+    for p in paths:
+        headers.append(ingest.read_header(p, overrides))
+        progress(p)
+    progress(None)
+    science, cal_found = calibrate.split_by_kind(headers)
     if cal_found and not science:
         raise InputError(
             f"all {len(cal_found)} frames given are calibration frames (IMAGETYP bias, dark or "
@@ -479,22 +534,15 @@ def _run(settings: Settings, out: Path, tool: Any) -> dict[str, Any]:
     settings, aij_note = aij.apply_to_settings(settings, ok_shapes[0][0] if ok_shapes else 0)
     export.check_export_settings(settings, frames)
     tool.settings = settings.model_dump(mode="json")
+    _note_time_order(paths, frames)
     plan, notes = plan_run(settings, frames, out, calibration_frames=cal_found)
     if aij_note is not None:
         notes["aij_import"] = aij_note
-    results: list[FrameResult] = []
-    progress = _progress(len(frames), settings.quiet)
-    for r in map_ordered(
-        measure_frame, frames, plan, executor=settings.executor, workers=settings.workers
-    ):
-        results.append(r)
-        if r.status != "ok":
-            log.warning("frame %s: %s", Path(r.path).name, r.reason)
-        progress(r)
-    progress(None)
+    results = measure_all(settings, frames, plan, out, notes, executor)
     plan, results = _settle_gain(settings, frames, plan, results, notes)
     reduced = differential.reduce(settings, frames, plan, results, notes)
     summary = export.write_products(settings, frames, plan, results, reduced, notes, out)
+    summary["frames_resumed"] = notes["resumed_frames"]
     summary["elapsed_s"] = round(time.time() - t_start, 2)
     run_json = json.loads((out / "run.json").read_text())
     recs = records.records_from_run(tool, run_json, str(out))
@@ -683,17 +731,136 @@ def calibrate_command(settings: Settings) -> dict[str, Any]:
     return summary
 
 
-def _progress(total: int, quiet: bool):
+def _note_time_order(paths: list[str], frames: list[FrameInfo]) -> None:
+    """Say when the files' order is not their time order (they are measured in time order)."""
+    rank = {p: k for k, p in enumerate(paths)}
+    by_time = [f for f in frames if f.status == "ok"]
+    by_list = sorted(by_time, key=lambda f: rank[f.path])
+    moved = [i for i, (a, b) in enumerate(zip(by_time, by_list, strict=True)) if a is not b]
+    if moved:
+        i = moved[0]
+        log.warning(
+            "%d exposure(s) out of time order in the file list: %s is exposure %d in time, "
+            "where the list has %s; all are measured and reported in time order (DATE-OBS)",
+            len(moved),
+            by_time[i].path,
+            i + 1,
+            by_list[i].path,
+        )
+
+
+def measure_all(
+    settings: Settings,
+    frames: list[FrameInfo],
+    plan: Plan,
+    out: Path,
+    notes: dict[str, Any],
+    executor: Executor,
+) -> list[FrameResult]:
+    """Measure every frame on the chosen executor, checkpointing each result as it arrives;
+    with settings.resume, frames already in the checkpoint (same bytes, same plan) are reused."""
+    key = store.plan_key(plan)
+    done: dict[int, FrameResult] = {}
+    with store.Checkpoint(out / store.CHECKPOINT_NAME, key, resume=settings.resume) as ckpt:
+        if ckpt.saved:
+            ok = [f for f in frames if f.status == "ok"]
+            progress = _progress(len(ok), settings.quiet, "checking measured frames")
+            for f in ok:
+                rec = ckpt.saved.get(ingest.file_sha256(f.path))
+                if rec is not None:
+                    done[f.index] = _result_from_record(rec, f)
+                progress(f)
+            progress(None)
+        notes["resumed_frames"] = len(done)
+        if settings.resume:
+            log.info("resuming: %d of %d frames already measured", len(done), len(frames))
+        todo = []
+        for f in frames:
+            if f.index in done:
+                continue
+            if f.status != "ok":  # nothing to measure: its row says why
+                done[f.index] = measure_frame(f, plan)
+            else:
+                todo.append(f)
+        progress = _progress(len(frames), settings.quiet, "measuring", initial=len(done))
+        for _, r in executor.map_completed(measure_frame, todo, plan):
+            # "failed" means an unexpected error, which may be passing: a resume tries again
+            if r.sha256 and r.status != "failed":
+                ckpt.append(r.sha256, *_record_of(r))
+            done[r.index] = r
+            if r.status != "ok":
+                log.warning("frame %s: %s", Path(r.path).name, r.reason)
+            progress(r)
+        progress(None)
+    return [done[f.index] for f in frames]
+
+
+_RECORD_FIELDS = ("status", "reason", "fwhm", "sky_level", "n_sources")
+
+
+def _record_of(r: FrameResult) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A FrameResult as checkpoint fields and arrays (numbers kept exactly)."""
+    fields: dict[str, Any] = {}
+    arrays = dict(r.columns)
+    for k in _RECORD_FIELDS:
+        v = getattr(r, k)
+        if isinstance(v, np.generic):  # keep numpy scalars' dtype: tables built from them match
+            arrays["@" + k] = np.asarray(v)
+        else:
+            fields[k] = v
+    if r.transform is not None:
+        t = r.transform
+        fields["transform"] = {
+            "a": [float(v) for v in t.a],
+            "t": [float(v) for v in t.t],
+            "n_matched": int(t.n_matched),
+            "rms": float(t.rms),
+        }
+    return fields, arrays
+
+
+def _result_from_record(rec: dict[str, Any], info: FrameInfo) -> FrameResult:
+    """Rebuild a checkpointed FrameResult for this run's frame (its path and index)."""
+    f = dict(rec["fields"])
+    columns = {}
+    for k, v in rec["columns"].items():
+        if k.startswith("@"):
+            f[k[1:]] = v[()]
+        else:
+            columns[k] = v
+    tr = f.get("transform")
+    return FrameResult(
+        index=info.index,
+        path=info.path,
+        transform=register.Transform(
+            a=tuple(tr["a"]), t=tuple(tr["t"]), n_matched=tr["n_matched"], rms=tr["rms"]
+        )
+        if tr
+        else None,
+        columns=columns,
+        sha256=rec["sha256"],
+        **{k: f[k] for k in _RECORD_FIELDS},
+    )
+
+
+def _atomic(path: Path, write: Any) -> None:
+    from tsphot.products.export import atomic_write
+
+    atomic_write(path, write)
+
+
+def _progress(total: int, quiet: bool, desc: str = "measuring", initial: int = 0):
+    """A progress-bar step function (call with None to close); silent when quiet or not a tty."""
     import sys
 
-    if quiet or not sys.stderr.isatty():
+    if quiet or not sys.stderr.isatty() or total == 0:
         return lambda r: None
     from tqdm import tqdm
 
     tqdm.monitor_interval = 0  # no monitor thread: the process pool may then fork safely
-    bar = tqdm(total=total, unit="frame", desc="measuring", leave=False)
+    bar = tqdm(total=total, initial=initial, unit="frame", desc=desc, leave=False)
 
-    def step(r: FrameResult | None) -> None:
+    def step(r: Any) -> None:
         if r is None:
             bar.close()
         else:

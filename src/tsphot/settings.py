@@ -155,8 +155,20 @@ class Settings(BaseModel):
             raise ValueError(f"unknown detrending term(s) {bad}; choose from {list(known)}")
         return v
 
-    executor: Literal["serial", "processes"] = "processes"
-    workers: int | None = Field(None, ge=1)
+    executor: Literal["serial", "processes", "dask"] = Field(
+        "processes",
+        description="where frames are measured: serial, a local process pool, or Dask (a local "
+        "cluster, or the one at `scheduler`)",
+    )
+    workers: int | None = Field(None, ge=1, description="processes or local Dask workers")
+    scheduler: str | None = Field(
+        None,
+        description="address of a running Dask scheduler (tcp://HOST:PORT); its workers must "
+        "see the exposures and the output folder at the same paths",
+    )
+    resume: bool = Field(
+        False, description="reuse the frames already measured by an interrupted run into `out`"
+    )
     seed: int = 0
     quiet: bool = False
     # --- products and exports

@@ -99,6 +99,8 @@ def results_table(
             c = r.columns
             st = r.status if r.status != "ok" else str(c["obj_status"][oi])
             reason = r.reason if r.status != "ok" else _object_reason(st)
+            if r.status == "ok" and "obj_reason" in c and c["obj_reason"][oi]:
+                reason = str(c["obj_reason"][oi])  # names this frame's pixels, say
             curve = red.curves.get(o.name)
             rows["object"].append(o.name)
             rows["role"].append(o.role)
@@ -401,7 +403,9 @@ def run_record(
         "inputs": [
             {
                 "path": f.path,
-                "sha256": file_sha256(f.path) if os.path.exists(f.path) else None,
+                # hashed by the worker as it read the frame; others are hashed here
+                "sha256": getattr(r, "sha256", "")
+                or (file_sha256(f.path) if os.path.exists(f.path) else None),
                 "status": r.status,
                 "reason": r.reason,
                 "jd_utc_mid": f.jd_utc_mid,
@@ -421,6 +425,7 @@ def run_record(
         "radius_chosen_by": notes.get("radius_chosen_by"),
         "scatter_by_radius": {str(k): v for k, v in red.scatter_by_radius.items()},
         "fit_notes": {k: notes[k] for k in ("fit_failed", "fit_skipped") if k in notes},
+        "resumed_frames": notes.get("resumed_frames", 0),
     }
     return _jsonable(record)
 
