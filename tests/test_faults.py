@@ -299,19 +299,83 @@ def test_unwritable_output_named_before_work(nights, tmp_path):
         pipeline.run(s)
 
 
-def test_calibration_frame_of_wrong_size_named(nights, tmp_path):
+def _calibrated_run(nights, tmp_path, bias=None, flat=None):
+    base, _, _ = nights
+    s = make_settings(base / "clean" / "tsphot.toml", out=str(tmp_path / "out"), quiet=True)
+    if bias is not None:
+        s.bias = bias
+    if flat is not None:
+        s.flat = flat
+    summary = pipeline.run(s)
+    return summary, json.loads((tmp_path / "out" / "run.json").read_text())
+
+
+def test_calibration_frame_of_another_size_kept_apart(nights, tmp_path):
     base, _, _ = nights
     raw = base / "clean" / "raw"
-    _copy(
-        raw / "bias_000.fits",
-        tmp_path / "bias_small.fits",
-        fits.getdata(raw / "bias_000.fits")[:128],
+    small = fits.getdata(raw / "bias_000.fits")[:128]
+    _copy(raw / "bias_000.fits", tmp_path / "bias_small.fits", small)
+    summary, record = _calibrated_run(
+        nights, tmp_path, bias=[str(raw / "bias_*.fits"), str(tmp_path / "bias_small.fits")]
     )
-    s = make_settings(base / "clean" / "tsphot.toml", out=str(tmp_path / "out"), quiet=True)
-    s.bias = [str(tmp_path / "bias_small.fits"), *s.bias[1:]]
-    with pytest.raises(InputError, match=r"bias_small\.fits.*256x128.*same size"):
-        pipeline.run(s)
-    assert not (tmp_path / "out" / "results.ecsv").exists()
+    assert summary["frames_ok"] == N
+    biases = [m for m in record["calibration"]["masters"] if m["type"] == "bias"]
+    assert sorted(m["n_frames"] for m in biases) == [1, 10]
+    assert len({m["file"] for m in biases}) == 2  # the odd one did not overwrite the master
+    chosen = {c["bias"]["file"] for c in record["calibration"]["choices"]}
+    full = next(m["file"] for m in biases if m["n_frames"] == 10)
+    assert chosen == {full}
+
+
+def test_calibration_frame_of_wrong_size_only_named(nights, tmp_path):
+    base, _, _ = nights
+    raw = base / "clean" / "raw"
+    _copy(raw / "bias_000.fits", tmp_path / "b.fits", fits.getdata(raw / "bias_000.fits")[:128])
+    summary, record = _calibrated_run(nights, tmp_path, bias=[str(tmp_path / "b.fits")])
+    assert summary["frames_ok"] == N  # measured without a bias (the darks hold it)
+    assert any(
+        "without a bias: no bias master with 1x1 binning, 256x256 px" in a
+        for a in record["assumed"]
+    )
+
+
+def test_calibration_frame_of_wrong_type_named(nights, tmp_path, caplog):
+    base, _, _ = nights
+    raw = base / "clean" / "raw"
+    shutil.copy(raw / "flat_000.fits", tmp_path / "stray.fits")
+    with caplog.at_level(logging.WARNING, logger="tsphot"):
+        summary, _ = _calibrated_run(
+            nights, tmp_path, bias=[str(raw / "bias_*.fits"), str(tmp_path / "stray.fits")]
+        )
+    assert "stray.fits: given as bias but IMAGETYP says flat" in caplog.text
+    assert summary["frames_ok"] == N  # one stray frame is clipped out of ten biases
+    # alone, a flat used as the bias leaves every flat negative: the message says where to look
+    with pytest.raises(InputError, match=r"flat frame .*check that the bias and dark frames"):
+        _calibrated_run(nights, tmp_path / "alone", bias=[str(tmp_path / "stray.fits")])
+
+
+def test_master_flat_with_zeros_flags_the_stars_there(nights, runs, tmp_path):
+    base, _, _ = nights
+    raw = base / "clean" / "raw"
+    s = make_settings(base / "clean" / "tsphot.toml", out=str(tmp_path / "p"), quiet=True)
+    (tmp_path / "p").mkdir()
+    frames = pipeline.ingest.ingest(pipeline.ingest.expand_inputs(s.frames))
+    plan, _ = pipeline.plan_run(s, frames, tmp_path / "p")
+    t1 = next(o for o in plan.objects if o.name == "T1")
+    ix, iy = round(t1.x), round(t1.y)
+    (tmp_path / "flats").mkdir()
+    for p in sorted(raw.glob("flat_*.fits")):
+        pix = fits.getdata(p).copy()
+        pix[iy - 1 : iy + 2, ix - 1 : ix + 2] = 0  # dead pixels under the target
+        _copy(p, tmp_path / "flats" / p.name, pix)
+    summary, _ = _calibrated_run(nights, tmp_path, flat=[str(tmp_path / "flats" / "flat_*.fits")])
+    assert summary["frames_ok"] == N
+    res = Table.read(tmp_path / "out" / "results.ecsv")
+    t1rows = res[res["object"] == "T1"]
+    assert np.all(t1rows["bad_pixel"])
+    assert all("dead or unstable pixel (calibration mask)" in r for r in t1rows["reason"])
+    clean = Table.read(base / "out_clean" / "results.ecsv")
+    assert not np.any(clean["bad_pixel"][clean["object"] == "T1"])  # the zeros did it
 
 
 def test_no_usable_exposure_lists_why(tmp_path):

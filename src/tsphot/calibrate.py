@@ -377,7 +377,11 @@ def make_flat(
             g = g - dark_rate * np.float32(by_path[p].exptime or 0.0)
         level = float(np.median(g))
         if not level > 0:
-            raise InputError(f"flat frame {p}: median level {level:.1f} ADU is not positive")
+            raise InputError(
+                f"flat frame {p}: median level {level:.1f} ADU is not positive after the master "
+                "bias and dark are subtracted; check that the bias and dark frames are what they "
+                "claim (a flat or light frame among them?)"
+            )
         return g / np.float32(level)
 
     by_path = {i.path: i for i in infos}
@@ -572,7 +576,11 @@ def _entry_key(e: dict[str, Any]) -> tuple:
 def _write_master(
     lib: Library, entry: dict[str, Any], data: np.ndarray, steps: list[dict[str, Any]]
 ) -> None:
-    entry["file"] = _entry_name(entry)
+    name = _entry_name(entry)
+    if any(e.get("file") == name and _entry_key(e) != _entry_key(entry) for e in lib.entries):
+        # same kind and night but another frame size: its own file, not the other's overwritten
+        name = name[: -len(".fits")] + "_{1}x{0}px.fits".format(*entry["shape"])
+    entry["file"] = name
     hdr = fits.Header()
     hdr["IMAGETYP"] = (f"Master {entry['type']}", "tsphot calibration library")
     hdr["TSPTYPE"] = (entry["type"], "tsphot master kind")
