@@ -357,25 +357,24 @@ def test_calibration_frame_of_wrong_type_named(nights, tmp_path, caplog):
 def test_master_flat_with_zeros_flags_the_stars_there(nights, runs, tmp_path):
     base, _, _ = nights
     raw = base / "clean" / "raw"
-    s = make_settings(base / "clean" / "tsphot.toml", out=str(tmp_path / "p"), quiet=True)
-    (tmp_path / "p").mkdir()
-    frames = pipeline.ingest.ingest(pipeline.ingest.expand_inputs(s.frames))
-    plan, _ = pipeline.plan_run(s, frames, tmp_path / "p")
-    t1 = next(o for o in plan.objects if o.name == "T1")
-    ix, iy = round(t1.x), round(t1.y)
+    clean = Table.read(base / "out_clean" / "results.ecsv")
+    # a star no pixel flag touches on the clean night, so the flag below is the zeros' doing
+    names = [n for n in dict.fromkeys(clean["object"]) if n.startswith("C")]
+    star = next(n for n in names if not np.any(clean["bad_pixel"][clean["object"] == n]))
+    first = clean[(clean["object"] == star) & (clean["frame"] == 0)][0]
+    ix, iy = round(float(first["x"])), round(float(first["y"]))
     (tmp_path / "flats").mkdir()
     for p in sorted(raw.glob("flat_*.fits")):
         pix = fits.getdata(p).copy()
-        pix[iy - 1 : iy + 2, ix - 1 : ix + 2] = 0  # dead pixels under the target
+        pix[iy - 1 : iy + 2, ix - 1 : ix + 2] = 0  # dead pixels under the star
         _copy(p, tmp_path / "flats" / p.name, pix)
     summary, _ = _calibrated_run(nights, tmp_path, flat=[str(tmp_path / "flats" / "flat_*.fits")])
     assert summary["frames_ok"] == N
     res = Table.read(tmp_path / "out" / "results.ecsv")
-    t1rows = res[res["object"] == "T1"]
-    assert np.all(t1rows["bad_pixel"])
-    assert all("dead or unstable pixel (calibration mask)" in r for r in t1rows["reason"])
-    clean = Table.read(base / "out_clean" / "results.ecsv")
-    assert not np.any(clean["bad_pixel"][clean["object"] == "T1"])  # the zeros did it
+    rows = res[res["object"] == star]
+    assert np.mean(rows["bad_pixel"]) > 0.8  # the frames drift a little
+    flagged = rows[rows["bad_pixel"]]
+    assert all("dead or unstable pixel (calibration mask)" in r for r in flagged["reason"])
 
 
 def test_no_usable_exposure_lists_why(tmp_path):
