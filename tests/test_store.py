@@ -230,3 +230,17 @@ def test_resume_reuses_only_measurements_of_the_same_settings(night, whole, tmp_
     assert pipeline.run(s)["frames_resumed"] == N  # reduce-only settings: everything reused
     s = make_settings(toml, out=str(out), quiet=True, resume=True, aperture=6.5)
     assert pipeline.run(s)["frames_resumed"] == 0  # another aperture: measured afresh
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".fits.gz"])
+def test_frames_hashed_as_read_plain_or_compressed(tmp_path, suffix):
+    from astropy.io import fits
+
+    from tsphot import ingest
+
+    data = np.arange(12 * 10, dtype=np.uint16).reshape(12, 10)
+    path = tmp_path / f"f{suffix}"
+    fits.PrimaryHDU(data).writeto(path)
+    pix, _, sha = ingest.read_pixels_sha256(str(path))
+    np.testing.assert_array_equal(pix, data)
+    assert sha == ingest.file_sha256(str(path))

@@ -419,7 +419,9 @@ def read_pixels_sha256(path: str, pedestal: float = 0.0) -> tuple[np.ndarray, fi
         raise InputError(f"{path}: file not found") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror}); check its permissions") from None
-    data, header = _read_image(io.BytesIO(blob), path, pedestal)
+    # compressed files (.gz, .bz2, .zip) are opened by astropy from the path, which knows them
+    source = io.BytesIO(blob) if blob.startswith(b"SIMPLE") else path
+    data, header = _read_image(source, path, pedestal)
     return data, header, hashlib.sha256(blob).hexdigest()
 
 
