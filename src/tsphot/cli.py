@@ -334,7 +334,13 @@ def _cmd_run(a: argparse.Namespace) -> int:
     settings = make_settings(a.config, **flags)
     summary = pipeline.run(settings)
     print(
-        json.dumps({k: summary[k] for k in ("out", "frames", "frames_ok", "comps_used", "radius")})
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("out", "frames", "frames_ok", "frames_resumed", "comps_used", "radius")
+                if k in summary
+            }
+        )
     )
     for path, why in summary["frames_bad"].items():
         print(f"  skipped {Path(path).name}: {why}")

@@ -654,7 +654,12 @@ def _calibration(
         if key not in sets:
             path = str(out / f"masters_{len(sets)}.npz")
             m = calibrate.masters_for(lib, choice)
-            np.savez(path, **m.arrays(), choice=np.array(json.dumps(choice)))
+            _atomic(
+                Path(path),
+                lambda tmp, m=m, choice=choice: np.savez(
+                    tmp, **m.arrays(), choice=np.array(json.dumps(choice))
+                ),
+            )
             sets[key] = (path, choice, [])
         by_frame[f.index] = sets[key][0]
         sets[key][2].append(Path(f.path).name)
@@ -727,7 +732,8 @@ def calibrate_command(settings: Settings) -> dict[str, Any]:
         summary["frames"].append(row)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "calibration.json").write_text(json.dumps(summary, indent=1, default=str))
+        text = json.dumps(summary, indent=1, default=str)
+        _atomic(out / "calibration.json", lambda tmp: Path(tmp).write_text(text))
     return summary
 
 

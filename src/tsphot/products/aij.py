@@ -327,7 +327,7 @@ def write_apertures(
     if all(r for r in ras):
         lines.insert(6, ".multiaperture.raapertures=" + ",".join(ras))
         lines.insert(7, ".multiaperture.decapertures=" + ",".join(decs))
-    Path(path).write_text("\n".join(lines) + "\n")
+    _write_lines(path, lines)
 
 
 def write_radec(path: str | Path, objects: list[dict[str, Any]]) -> None:
@@ -350,7 +350,14 @@ def write_radec(path: str | Path, objects: list[dict[str, Any]]) -> None:
             f"{_sexa_out(o['ra'], True)}, {_sexa_out(o['dec'], False)}, "
             f"{1 if o['role'] == 'comp' else 0}, 1, {m if m is not None else NO_MAG}"
         )
-    Path(path).write_text("\n".join(lines) + "\n")
+    _write_lines(path, lines)
+
+
+def _write_lines(path: str | Path, lines: list[str]) -> None:
+    """Write text lines atomically (no half-written file after a crash)."""
+    from tsphot.products.export import atomic_write
+
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 
 
 def measurements_table(

@@ -167,7 +167,7 @@ def period_plots(res: PeriodResult, s: Series, out: Path, title: str) -> None:
     ax.set_title(f"{title}: {res.method} periodogram (dashed: aliases not excluded)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "periodogram.png")
+    atomic_write(out / "periodogram.png", lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
 
     ph = phased_table(res, s)
@@ -193,7 +193,7 @@ def period_plots(res: PeriodResult, s: Series, out: Path, title: str) -> None:
     ax.set_ylabel("magnitude − night zero point")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "phased.png")
+    atomic_write(out / "phased.png", lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
 
 

@@ -48,8 +48,10 @@ def binned(t: np.ndarray, y: np.ndarray, width: float) -> tuple[np.ndarray, np.n
 
 def _save(fig: Any, stem: Path) -> list[Path]:
     png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
-    fig.savefig(png, metadata=PNG_META)
-    fig.savefig(pdf, metadata=PDF_META)
+    from tsphot.products.export import atomic_write
+
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", metadata=PNG_META))
+    atomic_write(pdf, lambda tmp: fig.savefig(tmp, format="pdf", metadata=PDF_META))
     plt.close(fig)
     return [png, pdf]
 
