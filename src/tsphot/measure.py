@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import sep
@@ -32,6 +32,20 @@ class Apertures:
     annulus: tuple[float, float]
     ellipticity: float = 0.0
     theta_deg: float = 0.0
+    # FWHM-scaled apertures: radii = radii_fwhm × FWHM and annulus = annulus_fwhm × FWHM, with
+    # the FWHM of each frame when per_frame (else radii and annulus above hold for every frame).
+    radii_fwhm: tuple[float, ...] = ()
+    annulus_fwhm: tuple[float, float] | None = None
+    per_frame: bool = False
+
+    def scaled(self, fwhm: float) -> Apertures:
+        """These apertures for a frame of the given FWHM (px): rescaled if per_frame, else same."""
+        if not self.per_frame or not np.isfinite(fwhm) or fwhm <= 0 or not self.radii_fwhm:
+            return self
+        annulus = self.annulus
+        if self.annulus_fwhm is not None:
+            annulus = (self.annulus_fwhm[0] * fwhm, self.annulus_fwhm[1] * fwhm)
+        return replace(self, radii=tuple(k * fwhm for k in self.radii_fwhm), annulus=annulus)
 
 
 def row_nanmedian(v: np.ndarray) -> np.ndarray:

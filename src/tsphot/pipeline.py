@@ -60,6 +60,13 @@ class Plan:
     lacosmic: bool = False
     read_noise: float | None = None
     save_calibrated: str | None = None  # folder for calibrated frames, if asked
+    centroid: str = "com"
+    sky_method: str = "median"
+    # Stars of the reference frame masked out of every sky annulus: positions, peaks (ADU above
+    # the sky) and the reference frame's sky noise (ADU); none when masking is off.
+    mask_xy: np.ndarray | None = None
+    mask_peak: np.ndarray | None = None
+    mask_noise: float = float("nan")
 
 
 @dataclass
@@ -117,9 +124,15 @@ def _empty_columns(n_obj: int, n_r: int) -> dict[str, np.ndarray]:
         "flux": np.full((n_obj, n_r), np.nan),
         "flux_err": np.full((n_obj, n_r), np.nan),
         "area": np.full((n_obj, n_r), np.nan),
+        "radius": np.full((n_obj, n_r), np.nan),
+        "annulus": np.full((n_obj, 2), np.nan),
         "sky": nan.copy(),
+        "sky_median": nan.copy(),
+        "sky_mean": nan.copy(),
+        "sky_mode": nan.copy(),
         "sky_std": nan.copy(),
         "n_sky": np.zeros(n_obj, int),
+        "sky_masked": np.zeros(n_obj, int),
         "peak": nan.copy(),
         "saturated": np.zeros(n_obj, bool),
         "edge": np.zeros(n_obj, bool),
@@ -187,24 +200,44 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         res.transform = tr
         x, y = tr(np.array([o.x for o in plan.objects]), np.array([o.y for o in plan.objects]))
         ny, nx = data.shape
-        r_out = plan.apertures.annulus[1]
+        aps = plan.apertures.scaled(res.fwhm)
+        r_out = aps.annulus[1]
         inside = (x >= 0) & (x <= nx - 1) & (y >= 0) & (y <= ny - 1)
-        x, y, moved = measure.recentre(data, x, y, plan.centroid_box, plan.max_shift)
+        x, y, moved = measure.recentre(
+            data,
+            x,
+            y,
+            plan.centroid_box,
+            plan.max_shift,
+            method=plan.centroid,
+            fwhm=res.fwhm,
+        )
+        mask_xy, mask_r = None, 0.0
+        if plan.mask_xy is not None and len(plan.mask_xy):
+            mx, my = tr(plan.mask_xy[:, 0], plan.mask_xy[:, 1])
+            mask_xy = np.column_stack([mx, my])
+            fw = res.fwhm if np.isfinite(res.fwhm) else 3.0
+            mask_r = measure.mask_radius_for(plan.mask_peak, plan.mask_noise, fw)
         m = measure.measure_stars(
             data,
             x,
             y,
-            plan.apertures,
+            aps,
             plan.gain,
             raw=raw,
             saturation=plan.saturation,
             fwhm=res.fwhm,
             clean_cosmics=plan.clean_cosmics,
             bad_mask=masters.bad,
+            sky_method=plan.sky_method,
+            mask_xy=mask_xy,
+            mask_radius=mask_r,
         )
         cols = res.columns
         cols.update({k: m[k] for k in m})
         cols["x"], cols["y"], cols["recentred"] = x, y, moved
+        cols["radius"] = np.tile(np.asarray(aps.radii, float), (n_obj, 1))
+        cols["annulus"] = np.tile(np.asarray(aps.annulus, float), (n_obj, 1))
         st = np.array(["ok"] * n_obj, dtype=object)
         near_edge = (x < r_out) | (x > nx - 1 - r_out) | (y < r_out) | (y > ny - 1 - r_out)
         st[near_edge] = "near_edge"
@@ -318,6 +351,49 @@ def _choose_comps(
     return chosen
 
 
+def _plan_apertures(settings: Settings, fwhm: float) -> measure.Apertures:
+    """Aperture radii and annulus (px) from the settings and the reference frame's FWHM (px)."""
+    ks: tuple[float, ...] = ()
+    if settings.aperture_fwhm is not None or settings.radii_fwhm:
+        if settings.aperture is not None or settings.radii:
+            raise SettingsError(
+                "apertures given both in px (aperture/radii) and as multiples of the FWHM "
+                "(aperture_fwhm/radii_fwhm): use one or the other"
+            )
+        given = [settings.aperture_fwhm] if settings.aperture_fwhm is not None else []
+        ks = tuple(sorted({*given, *settings.radii_fwhm}))
+        radii = tuple(round(k * fwhm, 2) for k in ks)
+    elif settings.aperture is not None:
+        radii = tuple(sorted({settings.aperture, *settings.radii}))
+    elif settings.radii:
+        radii = tuple(sorted(set(settings.radii)))
+    else:
+        radii = (round(max(1.6 * fwhm, 2.0), 2),)
+    ann_k = settings.annulus_fwhm
+    if ann_k is None and ks and settings.annulus is None:
+        ann_k = (max(ks) + 2.0, max(ks) + 5.0)
+    if settings.annulus is not None:
+        annulus = settings.annulus
+        ann_k = None
+    elif ann_k is not None:
+        annulus = (round(ann_k[0] * fwhm, 1), round(ann_k[1] * fwhm, 1))
+    else:
+        annulus = (round(max(radii) + 2.0 * fwhm, 1), round(max(radii) + 5 * fwhm, 1))
+    if annulus[0] < max(radii):
+        raise SettingsError(
+            f"annulus inner radius {annulus[0]} px is inside the largest aperture {max(radii)} px"
+        )
+    return measure.Apertures(
+        radii,
+        annulus,
+        settings.ellipticity,
+        settings.position_angle,
+        radii_fwhm=ks,
+        annulus_fwhm=ann_k,
+        per_frame=bool(ks) and settings.aperture_scaling == "per_frame",
+    )
+
+
 def plan_run(
     settings: Settings,
     frames: list[FrameInfo],
@@ -368,21 +444,8 @@ def plan_run(
     if settings.linearity_limit is not None:
         saturation = min(saturation, settings.linearity_limit)
     fwhm = src.fwhm if np.isfinite(src.fwhm) else 4.0
-    if settings.aperture is not None:
-        radii = tuple(sorted({settings.aperture, *settings.radii}))
-    elif settings.radii:
-        radii = tuple(sorted(set(settings.radii)))
-    else:
-        radii = (round(max(1.6 * fwhm, 2.0), 2),)
-    annulus = settings.annulus or (
-        round(max(radii) + 2.0 * fwhm, 1),
-        round(max(radii) + 5 * fwhm, 1),
-    )
-    if annulus[0] < max(radii):
-        raise SettingsError(
-            f"annulus inner radius {annulus[0]} px is inside the largest aperture {max(radii)} px"
-        )
-    aps = measure.Apertures(radii, annulus, settings.ellipticity, settings.position_angle)
+    aps = _plan_apertures(settings, fwhm)
+    radii, annulus = aps.radii, aps.annulus
 
     ny, nx = shape
     objects: list[PlanObject] = []
@@ -410,6 +473,8 @@ def plan_run(
         np.array([o.y for o in objects]),
         settings.centroid_box,
         settings.max_shift,
+        method=settings.centroid,
+        fwhm=fwhm,
     )
     for o, x, y in zip(objects, xs, ys, strict=True):
         o.x, o.y = float(x), float(y)
@@ -427,6 +492,10 @@ def plan_run(
 
     bright = (src.peak + src.background) < 0.9 * saturation
     ref_xy = np.column_stack([src.x[bright], src.y[bright]])[:60]
+    mask_xy = mask_peak = None
+    if settings.mask_stars:
+        mask_xy = np.column_stack([src.x, src.y])
+        mask_peak = np.asarray(src.peak, float)
     plan = Plan(
         objects=objects,
         ref_path=ref.path,
@@ -446,6 +515,11 @@ def plan_run(
         lacosmic=settings.lacosmic,
         read_noise=settings.read_noise or ref.read_noise,
         save_calibrated=str(out / "calibrated") if settings.save_calibrated else None,
+        centroid=settings.centroid,
+        sky_method=settings.sky_method,
+        mask_xy=mask_xy,
+        mask_peak=mask_peak,
+        mask_noise=float(src.background_rms),
     )
     if settings.lacosmic and plan.read_noise is None:
         notes["assumed"].append(

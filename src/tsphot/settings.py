@@ -109,6 +109,31 @@ class Settings(BaseModel):
         "target scatter is chosen and reported",
     )
     annulus: tuple[float, float] | None = Field(None, description="sky annulus radii (px)")
+    aperture_fwhm: float | None = Field(
+        None, gt=0, description="aperture radius as a multiple of the FWHM (instead of px)"
+    )
+    radii_fwhm: list[float] = Field(
+        default_factory=list,
+        description="extra radii as multiples of the FWHM, measured in the same pass; the one "
+        "with the lowest target scatter is chosen",
+    )
+    annulus_fwhm: tuple[float, float] | None = Field(
+        None, description="sky annulus radii as multiples of the FWHM"
+    )
+    aperture_scaling: Literal["fixed", "per_frame"] = Field(
+        "fixed",
+        description="FWHM-scaled apertures: 'fixed' uses the reference frame's FWHM for the "
+        "whole night; 'per_frame' rescales radii and annulus with each frame's FWHM",
+    )
+    centroid: Literal["com", "windowed", "gauss"] = Field(
+        "com",
+        description="centroid method: centre of mass, windowed (Gaussian-weighted, as "
+        "SExtractor XWIN) or 2-D Gaussian fit; all take the peak nearest the prediction",
+    )
+    sky_method: Literal["median", "mean", "mode"] = Field(
+        "median", description="sky estimator of the sigma-clipped annulus (mode = 3 med - 2 mean)"
+    )
+    mask_stars: bool = Field(True, description="leave other stars' pixels out of the sky annulus")
     ellipticity: float = Field(0.0, ge=0.0, lt=1.0, description="1 - b/a of the aperture")
     position_angle: float = Field(0.0, description="aperture major axis angle from +x (deg)")
     site: tuple[float, float, float] | None = Field(
@@ -212,6 +237,13 @@ class Settings(BaseModel):
     def _annulus_order(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
         if v is not None and not 0 < v[0] < v[1]:
             raise ValueError("annulus needs 0 < inner < outer radius")
+        return v
+
+    @field_validator("annulus_fwhm")
+    @classmethod
+    def _annulus_fwhm_order(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] < v[1]:
+            raise ValueError("annulus_fwhm needs 0 < inner < outer")
         return v
 
     @model_validator(mode="after")
