@@ -139,24 +139,64 @@ def _robust_p2p(x: np.ndarray) -> float:
 
 
 def flag_outliers(
-    y: np.ndarray, err: np.ndarray, valid: np.ndarray, sigma: float, half: int = 3
+    y: np.ndarray,
+    err: np.ndarray,
+    valid: np.ndarray,
+    sigma: float,
+    half: int = 3,
+    t: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Points further than sigma × their error from the median of their 2×half neighbours.
+    """Points further than sigma × their error from what their 2×half neighbours predict.
 
-    Returns the flags and each point's deviation in sigma. A running median follows a
-    transit's ingress and egress, so only isolated jumps (cosmic rays, satellites) are flagged.
+    Returns the flags and each point's deviation in sigma. With times t, a point with two or
+    more neighbours on each side is compared with a quadratic through them (one refit after
+    dropping a neighbour beyond 4 sigma), and a point at an end of the night with a line
+    through its neighbours: these follow curved light curves (an asteroid's rotation maximum,
+    a transit's ingress) whose peaks a running median would cut off. Without t, the median of
+    the neighbours. Only isolated jumps (cosmic rays, satellites) are flagged.
     """
     idx = np.nonzero(valid)[0]
     dev = np.full(len(y), np.nan)
     for k, i in enumerate(idx):
-        nb = np.concatenate([idx[max(k - half, 0) : k], idx[k + 1 : k + 1 + half]])
+        left, right = idx[max(k - half, 0) : k], idx[k + 1 : k + 1 + half]
+        nb = np.concatenate([left, right])
         if len(nb) < 2:
             continue
+        if t is not None and len(nb) >= 3 and np.isfinite(t[nb]).all():
+            # at the ends of the night a line through one side's neighbours, not a median
+            # (which lags a slope); a quadratic where there are neighbours on both sides
+            deg = 2 if len(left) >= 2 and len(right) >= 2 else 1
+            pred, e_pred = _poly_at(t[nb] - t[i], y[nb], err[nb], deg)
+            if np.isfinite(pred):
+                dev[i] = (y[i] - pred) / np.hypot(err[i], e_pred)
+                continue
         med = np.median(y[nb])
         # error of a median of n points ≈ sqrt(π/2) × the error of their mean
         e_med = np.sqrt(np.pi / 2) * np.sqrt(np.mean(err[nb] ** 2) / len(nb))
         dev[i] = (y[i] - med) / np.hypot(err[i], e_med)
     return np.abs(np.nan_to_num(dev)) > sigma, dev
+
+
+def _poly_at(dt: np.ndarray, y: np.ndarray, err: np.ndarray, deg: int) -> tuple[float, float]:
+    """Value at dt = 0 of a weighted polynomial through (dt, y), and its error; NaN if singular."""
+    keep = np.ones(len(dt), bool)
+    for _ in range(2):
+        if keep.sum() < deg + 2:
+            return float("nan"), float("nan")
+        scale = np.max(np.abs(dt[keep])) or 1.0
+        u = dt / scale
+        design = np.column_stack([u**p for p in range(deg + 1)]) / err[:, None]
+        try:
+            coef, *_ = np.linalg.lstsq(design[keep], y[keep] / err[keep], rcond=None)
+            cov = np.linalg.inv(design[keep].T @ design[keep])
+        except np.linalg.LinAlgError:
+            return float("nan"), float("nan")
+        resid = (y - sum(c * u**p for p, c in enumerate(coef))) / err
+        worst = int(np.argmax(np.where(keep, np.abs(resid), -1.0)))
+        if abs(resid[worst]) <= 4.0:
+            break
+        keep[worst] = False  # one neighbour that is itself an outlier
+    return float(coef[0]), float(np.sqrt(cov[0, 0]))
 
 
 @dataclass
@@ -410,7 +450,7 @@ def reduce(
             ref = np.median(dm[v]) if v.any() else 0.0
             rel = 10 ** (-0.4 * (dm - ref))
             rel_err = rel * de / 1.0857362
-            out, _ = flag_outliers(dm, de, v, settings.outlier_sigma)
+            out, _ = flag_outliers(dm, de, v, settings.outlier_sigma, t=jd)
             v = v & ~out
             c = Curve(o.name, o.role, dm, de, rel, rel_err, v, bjd_of[o.name], outlier=out)
             if v.sum() > 2:

@@ -411,6 +411,7 @@ def run_record(
         "calibration": notes.get("calibration", []),
         "reference_frame": notes.get("reference_frame"),
         "reference_fwhm_px": notes.get("reference_fwhm_px"),
+        "moving_targets": notes.get("moving_targets", {}),
         "site_source": notes.get("site_source"),
         "airmass_source": notes.get("airmass_source"),
         "scintillation": notes.get("scintillation"),
