@@ -569,7 +569,7 @@ def plan_run(
         if f.path == ref.path:
             return register.Transform()
         raw, _ = ingest.read_pixels(f.path, f.pedestal)
-        data = calibrate.apply(raw, f.exptime, masters)
+        data, _ = calibrate.calibrate_frame(raw, f, _masters(masters_by_frame.get(f.index)))
         s = detect.find_sources(data, settings.detect_sigma, saturation=saturation, max_sources=150)
         return register.match_stars(ref_xy, np.column_stack([s.x, s.y]))
 
