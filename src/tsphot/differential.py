@@ -68,6 +68,11 @@ class Reduced:
     budget: dict[str, dict[str, Any]] = field(default_factory=dict)
     mag_scale: dict[str, Any] | None = None  # the comparison star giving the catalogue scale
     object_names: list[str] = field(default_factory=list)  # plan order, as in the flux columns
+    # per frame: quality flags ("thin_cloud", "cloud", "bright_sky"; "" when clean), why, and
+    # the frames left out for an extremely bright sky (> max_sky_ratio × the night's median)
+    quality: list[str] = field(default_factory=list)
+    quality_reason: list[str] = field(default_factory=list)
+    bright_sky: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
 def _stack(results: list, key: str, n_obj: int, n_r: int | None = None) -> np.ndarray:
@@ -175,6 +180,54 @@ def flag_outliers(
         e_med = np.sqrt(np.pi / 2) * np.sqrt(np.mean(err[nb] ** 2) / len(nb))
         dev[i] = (y[i] - med) / np.hypot(err[i], e_med)
     return np.abs(np.nan_to_num(dev)) > sigma, dev
+
+
+def frame_quality(
+    transparency: np.ndarray,
+    sky_rate: np.ndarray,
+    jd: np.ndarray,
+    frame_ok: np.ndarray,
+    min_transparency: float,
+    thin_cloud: float,
+    max_sky_ratio: float,
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Flags and reasons per frame for cloud and bright sky, and the frames too bright to use.
+
+    cloud: transparency (comparison flux relative to the night's median) below
+    min_transparency, left out; thin_cloud: below thin_cloud, kept. bright_sky: sky (ADU/s)
+    more than 1.5 times the median of the four frames nearest in time, or twice the night's
+    median (moonlit cloud, a flashlight, twilight); left out above max_sky_ratio × the median.
+    """
+    n = len(transparency)
+    flags: list[list[str]] = [[] for _ in range(n)]
+    why: list[list[str]] = [[] for _ in range(n)]
+    ok = frame_ok & np.isfinite(sky_rate)
+    med_sky = float(np.median(sky_rate[ok])) if ok.any() else np.nan
+    idx = np.flatnonzero(ok)
+    too_bright = np.zeros(n, bool)
+    for i in range(n):
+        tr = transparency[i]
+        if np.isfinite(tr) and tr < min_transparency:
+            flags[i].append("cloud")
+            why[i].append(f"comparison stars at {tr:.2f} of the night's median flux (cloud)")
+        elif np.isfinite(tr) and tr < thin_cloud:
+            flags[i].append("thin_cloud")
+            why[i].append(f"comparison stars at {tr:.2f} of the night's median flux (thin cloud)")
+        # a frame that could not be registered still has its sky measured: flag it too
+        if not np.isfinite(sky_rate[i]) or not np.isfinite(med_sky) or med_sky <= 0:
+            continue
+        others = idx[idx != i]
+        near = others[np.argsort(np.abs(jd[others] - jd[i]), kind="stable")[:4]]
+        local = float(np.median(sky_rate[near])) if len(near) else med_sky
+        r_night, r_local = sky_rate[i] / med_sky, sky_rate[i] / local if local > 0 else 1.0
+        if r_night > 2.0 or r_local > 1.5:
+            flags[i].append("bright_sky")
+            why[i].append(
+                f"sky {r_local:.1f}x that of the frames around it, "
+                f"{r_night:.1f}x the night's median"
+            )
+            too_bright[i] = r_night > max_sky_ratio
+    return [",".join(f) for f in flags], ["; ".join(w) for w in why], too_bright
 
 
 def _poly_at(dt: np.ndarray, y: np.ndarray, err: np.ndarray, deg: int) -> tuple[float, float]:
@@ -415,11 +468,24 @@ def reduce(
             bjd[fin] = timing.bjd_tdb(jd[fin], coords[o.name], site)
         bjd_of[o.name] = bjd
 
+    # sky brightness per second (ADU/s) of every frame, for the bright-sky flag
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sky_rate = np.array([r.sky_level for r in results], float) / exptime
+
     def build(k: int) -> Reduced:
         flux, ferr, mag, mag_err, valid, ens = _solve(night, k)
         with np.errstate(invalid="ignore"):
             transparency = 10 ** (-0.4 * (ens.offset - np.nanmedian(ens.offset)))
             cloudy = transparency < settings.min_transparency
+        quality, quality_reason, bright = frame_quality(
+            transparency,
+            sky_rate,
+            jd,
+            frame_ok,
+            settings.min_transparency,
+            settings.thin_cloud,
+            settings.max_sky_ratio,
+        )
         red = Reduced(
             radius_index=k,
             radius=float(plan.apertures.radii[k]),
@@ -441,12 +507,15 @@ def reduce(
             comp_index=comp_idx,
             notes=notes,
             object_names=[o.name for o in objs],
+            quality=quality,
+            quality_reason=quality_reason,
+            bright_sky=bright,
         )
         for i, o in enumerate(objs):
             if o.role == "comp":
                 continue
             dm, de = ensemble.differential(mag[:, i], mag_err[:, i], ens)
-            v = valid[:, i] & np.isfinite(dm) & np.isfinite(de) & ~cloudy
+            v = valid[:, i] & np.isfinite(dm) & np.isfinite(de) & ~cloudy & ~bright
             ref = np.median(dm[v]) if v.any() else 0.0
             rel = 10 ** (-0.4 * (dm - ref))
             rel_err = rel * de / 1.0857362
@@ -491,6 +560,15 @@ def reduce(
         if settings.transit is not None
         else "lowest point-to-point scatter of the target's relative flux"
     )
+    if red.bright_sky.any():
+        files = [os.path.basename(frames[i].path) for i in np.nonzero(red.bright_sky)[0]]
+        log.warning(
+            "%d frame(s) with a sky over %.0f times the night's median left out of the light "
+            "curves (--max-sky-ratio): %s",
+            len(files),
+            settings.max_sky_ratio,
+            ", ".join(files[:10]) + (" …" if len(files) > 10 else ""),
+        )
     if red.cloudy.any():
         files = [os.path.basename(frames[i].path) for i in np.nonzero(red.cloudy)[0]]
         log.warning(
@@ -555,7 +633,7 @@ def noise_budget(red: Reduced, objs: list) -> tuple[dict, dict]:
                 j = col_of[i]
                 ens_err = np.sqrt(np.clip(ens.loo_err[:, j] ** 2 - red.mag_err[:, i] ** 2, 0, None))
                 curve = ens.loo_mag[:, j] / noise.MAG_PER_FRAC
-                valid = red.valid[:, i] & np.isfinite(curve) & ~red.cloudy
+                valid = red.valid[:, i] & np.isfinite(curve) & ~red.cloudy & ~red.bright_sky
                 fit = None
             else:
                 ens_err = ens.offset_err

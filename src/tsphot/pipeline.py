@@ -415,7 +415,6 @@ def _resolve_motion(
         rate = ((xh - x1) * 24.0, (yh - y1) * 24.0)
         how += f", rate ({spec.rate_ra}, {spec.rate_dec}) arcsec/h through the reference WCS"
     x, y = x1 + rate[0] * (t_ref - t1), y1 + rate[1] * (t_ref - t1)
-    how += f": {rate[0] / 24:+.3f}, {rate[1] / 24:+.3f} px/h in reference pixels"
     return x, y, (float(rate[0]), float(rate[1])), how
 
 
@@ -586,7 +585,11 @@ def plan_run(
                 if role != "target":
                     raise SettingsError(f"{role} {spec.name!r}: only targets may move")
                 x, y, rate, how = _resolve_motion(spec, ref, ref_header, ok, transform_of)
-                notes.setdefault("moving_targets", {})[spec.name] = how
+                notes.setdefault("moving_targets", {})[spec.name] = {
+                    "given": how,
+                    "rate_px_per_h": [rate[0] / 24.0, rate[1] / 24.0],
+                    "reference_pixels_at_jd": [x, y, ref.jd_utc_mid],
+                }
             else:
                 x, y = _resolve_position(spec, ref_header, ref.path)
             if not (0 <= x <= nx - 1 and 0 <= y <= ny - 1):

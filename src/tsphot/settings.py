@@ -224,6 +224,20 @@ class Settings(BaseModel):
         description="leave out frames whose comparison stars give less than this fraction of "
         "the night's median flux (thick cloud); 0 keeps them all",
     )
+    thin_cloud: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="flag (keep) frames whose comparison stars give less than this fraction of "
+        "the night's median flux (thin cloud)",
+    )
+    max_sky_ratio: float = Field(
+        3.0,
+        gt=1,
+        description="leave out frames whose sky is more than this many times the night's "
+        "median (a flashlight, dawn); frames over 1.5x their neighbours or 2x the median are "
+        "flagged bright_sky and kept",
+    )
     time_keyword_is: Literal["start", "mid", "end"] = "start"
     transit: TransitSpec | None = None
     detrend: list[str] = Field(

@@ -221,6 +221,7 @@ def lightcurve_table(name: str, red: Any, frames: list[FrameInfo], results: list
     # the object's own status in each frame (saturated, off_frame, ...) when the frame was ok
     own = [str(r.columns["obj_status"][oi]) for r in results]
     t["saturated"] = np.array([bool(r.columns["saturated"][oi]) for r in results])
+    bright = red.bright_sky if len(red.bright_sky) else np.zeros(len(t), bool)
     t["status"] = [
         "ok"
         if v
@@ -232,9 +233,16 @@ def lightcurve_table(name: str, red: Any, frames: list[FrameInfo], results: list
         if s != "ok"
         else "cloud"
         if cl
+        else "bright_sky"
+        if br
         else "excluded"
-        for v, o, r, cl, s in zip(c.valid, outlier, results, red.cloudy, own, strict=True)
+        for v, o, r, cl, s, br in zip(
+            c.valid, outlier, results, red.cloudy, own, bright, strict=True
+        )
     ]
+    # frame quality, whether or not the point is used: cloud, thin_cloud, bright_sky and why
+    t["quality"] = red.quality if red.quality else [""] * len(t)
+    t["quality_reason"] = red.quality_reason if red.quality_reason else [""] * len(t)
     if c.fit is not None:
         model = np.full(len(t), np.nan)
         model[c.fit_mask] = c.fit.model
@@ -412,6 +420,11 @@ def run_record(
         "reference_frame": notes.get("reference_frame"),
         "reference_fwhm_px": notes.get("reference_fwhm_px"),
         "moving_targets": notes.get("moving_targets", {}),
+        "frame_quality": {
+            Path(f.path).name: {"flags": q, "reason": why}
+            for f, q, why in zip(frames, red.quality, red.quality_reason, strict=False)
+            if q
+        },
         "site_source": notes.get("site_source"),
         "airmass_source": notes.get("airmass_source"),
         "scintillation": notes.get("scintillation"),
