@@ -191,7 +191,8 @@ def frame_quality(
     thin_cloud: float,
     max_sky_ratio: float,
 ) -> tuple[list[str], list[str], np.ndarray]:
-    """Flags and reasons per frame for cloud and bright sky, and the frames too bright to use.
+    """Flags ("clear" if none) and reasons per frame for cloud and bright sky, and the frames
+    too bright to use.
 
     cloud: transparency (comparison flux relative to the night's median) below
     min_transparency, left out; thin_cloud: below thin_cloud, kept. bright_sky: sky (ADU/s)
@@ -227,7 +228,12 @@ def frame_quality(
                 f"{r_night:.1f}x the night's median"
             )
             too_bright[i] = r_night > max_sky_ratio
-    return [",".join(f) for f in flags], ["; ".join(w) for w in why], too_bright
+    # "clear" rather than an empty string: empty text cells do not survive CSV round trips
+    return (
+        [",".join(f) or "clear" for f in flags],
+        ["; ".join(w) or "no cloud or bright sky seen" for w in why],
+        too_bright,
+    )
 
 
 def _poly_at(dt: np.ndarray, y: np.ndarray, err: np.ndarray, deg: int) -> tuple[float, float]:

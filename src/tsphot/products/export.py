@@ -241,8 +241,8 @@ def lightcurve_table(name: str, red: Any, frames: list[FrameInfo], results: list
         )
     ]
     # frame quality, whether or not the point is used: cloud, thin_cloud, bright_sky and why
-    t["quality"] = red.quality if red.quality else [""] * len(t)
-    t["quality_reason"] = red.quality_reason if red.quality_reason else [""] * len(t)
+    t["quality"] = red.quality if red.quality else ["clear"] * len(t)
+    t["quality_reason"] = red.quality_reason if red.quality_reason else ["-"] * len(t)
     if c.fit is not None:
         model = np.full(len(t), np.nan)
         model[c.fit_mask] = c.fit.model
@@ -423,7 +423,7 @@ def run_record(
         "frame_quality": {
             Path(f.path).name: {"flags": q, "reason": why}
             for f, q, why in zip(frames, red.quality, red.quality_reason, strict=False)
-            if q
+            if q != "clear"
         },
         "site_source": notes.get("site_source"),
         "airmass_source": notes.get("airmass_source"),
