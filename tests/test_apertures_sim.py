@@ -18,7 +18,8 @@ from tsphot.settings import Settings, load_toml
 
 # One step is 1 px (0.22-0.29 FWHM): near the optimum the scatter changes by a few per cent
 # per step, about the sampling error of 100 frames' scatter (7 %), so a finer grid would make
-# "within one step" a coin toss; tests/test_apertures_sim.py::test_heavy_* uses 0.5 px.
+# "within one step" a coin toss; test_heavy_chosen_radius_within_half_a_pixel_step uses
+# 400 frames and 0.5 px.
 STEP = 1.0
 RADII = [float(r) for r in np.arange(2.0, 8.5, STEP)]
 ANNULUS = (14.0, 24.0)
@@ -176,3 +177,29 @@ def test_fwhm_scaled_apertures_follow_the_seeing(night):
     assert growth == pytest.approx(np.median(true_fwhm[-q:]) / np.median(true_fwhm[:q]), abs=0.06)
     # the annulus scales too
     assert np.ptp(np.asarray(t1["annulus_inner"], float)) > 0.5
+
+
+@pytest.mark.heavy
+def test_heavy_chosen_radius_within_half_a_pixel_step(tmp_path):
+    """The same check on 400 frames with a 0.5 px grid (the scatter's sampling error is 3.5 %)."""
+    cfg = synthetic.SimConfig(
+        n_frames=400,
+        size=(256, 256),
+        n_stars=60,
+        seed=5,
+        target_mag=14.0,
+        scintillation=False,
+        clouds=False,
+        cosmic_rays=False,
+        n_hot_pixels=0,
+    )
+    truth = synthetic.simulate_night(tmp_path / "night", cfg)
+    step = 0.5
+    radii = [float(r) for r in np.arange(2.0, 8.01, step)]
+    pipeline.run(
+        _settings(tmp_path / "night", out=str(tmp_path / "r"), radii=radii, annulus=ANNULUS)
+    )
+    ap = json.loads((tmp_path / "r" / "run.json").read_text())["apertures"]
+    fine = np.round(np.arange(150, 900, 5) / 100.0, 2)
+    best = float(fine[np.argmin(_analytic_scatter(truth, tmp_path / "r", fine))])
+    assert abs(ap["chosen_radius_px"] - best) <= step, (ap["chosen_radius_px"], best)

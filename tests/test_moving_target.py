@@ -160,3 +160,17 @@ def test_rates_and_sky_positions_place_it_too(night):
             px, py = pipeline.object_positions(plan, float(rows["jd_utc_mid"][i]))
             fx, fy = truth.transform(i, px[:1], py[:1])
             assert np.hypot(fx[0] - rows["x"][i], fy[0] - rows["y"][i]) < 0.3, (k, i)
+
+
+def test_fixed_target_by_sky_position_through_the_wcs(night):
+    """A star given only by RA/Dec is placed through the reference frame's WCS on its true
+    pixel position (within 0.3 px, after recentring)."""
+    base, truth = night
+    t1 = truth.stars[truth.target]
+    spec = ObjectSpec(name="T1", ra=float(t1["ra"]), dec=float(t1["dec"]))
+    settings = _settings(base, spec, "sky")
+    frames = ingest(sorted(str(p) for p in truth.science_files()))
+    (base / "sky").mkdir()
+    plan, _ = pipeline.plan_run(settings, frames, base / "sky")
+    o = plan.objects[0]
+    assert np.hypot(o.x - float(t1["x"]), o.y - float(t1["y"])) < 0.3
