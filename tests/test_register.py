@@ -70,3 +70,48 @@ def test_property_small_drift_and_rotation(dx, dy, angle, seed):
     tr = register.match_stars(ref, frm)
     px, py = tr(ref[:, 0], ref[:, 1])
     assert np.max(np.hypot(px - frm[:, 0], py - frm[:, 1])) < 1e-6 + 0.01
+
+
+def _crop(xy, size=1000):
+    m = (xy[:, 0] >= 0) & (xy[:, 0] < size) & (xy[:, 1] >= 0) & (xy[:, 1] < size)
+    return xy[m]
+
+
+@pytest.mark.parametrize(
+    ("angle", "shift", "flip"),
+    [
+        (0.0, (300.0, -200.0), False),  # large drift: a third of the field
+        (30.0, (50.0, 50.0), False),  # strong field rotation
+        (180.0, (400.0, 0.0), False),  # meridian flip and a large offset
+        (90.0, (-20.0, 35.0), True),  # a mirror image (another camera orientation)
+        (2.0, (-700.0, 100.0), False),  # 30 % overlap left
+    ],
+)
+def test_large_drift_rotation_and_flip_recovered(angle, shift, flip):
+    """The frame sees part of a wider field (brightest first, as detected), moved a lot."""
+    sky = _field(n=300, seed=1)
+    ref = sky[:60]
+    frm = _crop(_apply(sky, angle, shift, flip))[:150]
+    tr = register.match_stars(ref, frm)
+    px, py = tr(ref[:, 0], ref[:, 1])
+    truth = _apply(ref, angle, shift, flip)
+    assert np.max(np.hypot(px - truth[:, 0], py - truth[:, 1])) < 0.01
+    assert tr.flipped == flip
+
+
+def test_few_stars_under_cloud_still_register():
+    """Thick cloud leaves only the five brightest stars: their pattern is still found."""
+    ref = _field(seed=2)
+    frm = _apply(ref[:5], 0.3, (12.0, -7.0))
+    tr = register.match_stars(ref, frm)
+    px, py = tr(ref[:5, 0], ref[:5, 1])
+    assert np.max(np.hypot(px - frm[:, 0], py - frm[:, 1])) < 0.01
+
+
+def test_frames_of_another_field_are_refused_not_matched_by_chance():
+    """Twenty frames of other star fields: each one is refused with a reason; none returns
+    the spurious transform a few chance coincidences would give."""
+    ref = _field(seed=3)
+    for seed in range(100, 120):
+        with pytest.raises(FrameError, match="cannot register"):
+            register.match_stars(ref, _field(n=80, seed=seed))

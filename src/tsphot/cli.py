@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="'NAME=X,Y' (0-based px, first exposure), 'NAME=HH:MM:SS.s,+DD:MM:SS' or "
-        "'NAME=X,Y@HH:MM:SS.s,+DD:MM:SS'; repeatable",
+        "'NAME=X,Y@HH:MM:SS.s,+DD:MM:SS'; a moving target: 'NAME=X1,Y1@TIME1;X2,Y2@TIME2' "
+        "(px on the exposures nearest those times; JD or ISO UTC) or 'NAME=X,Y@TIME;rate=DX,DY' "
+        "(px/h) or 'NAME=RA,DEC@TIME;skyrate=DRA,DDEC' (arcsec/h); repeatable",
     )
     r.add_argument(
         "--comp",
@@ -62,6 +64,39 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--annulus", type=lambda s: _floats(s, 2, "--annulus"), help="RIN,ROUT (px)")
     r.add_argument("--ellipticity", type=float, help="aperture ellipticity 1 - b/a")
     r.add_argument("--position-angle", type=float, help="aperture angle from +x (deg)")
+    r.add_argument("--aperture-fwhm", type=float, help="aperture radius as k x FWHM")
+    r.add_argument(
+        "--radii-fwhm",
+        type=lambda s: [float(v) for v in s.split(",")],
+        help="more radii as multiples of the FWHM, e.g. 0.8,1,1.3,1.6",
+    )
+    r.add_argument(
+        "--annulus-fwhm",
+        type=lambda s: _floats(s, 2, "--annulus-fwhm"),
+        help="KIN,KOUT: sky annulus as multiples of the FWHM",
+    )
+    r.add_argument(
+        "--aperture-scaling",
+        choices=["fixed", "per_frame"],
+        help="FWHM-scaled apertures from the reference frame (fixed) or each frame's FWHM",
+    )
+    r.add_argument("--centroid", choices=["com", "windowed", "gauss"], help="centroid method (com)")
+    r.add_argument(
+        "--sky-method", choices=["median", "mean", "mode"], help="sky estimator (median)"
+    )
+    r.add_argument(
+        "--no-mask-stars",
+        action="store_true",
+        help="keep other stars' pixels in the sky annulus (default: masked)",
+    )
+    r.add_argument(
+        "--thin-cloud", type=float, help="flag frames below this fraction of median flux (0.7)"
+    )
+    r.add_argument(
+        "--max-sky-ratio",
+        type=float,
+        help="leave out frames whose sky exceeds this multiple of the night's median (3)",
+    )
     r.add_argument(
         "--site",
         type=lambda s: _floats(s, 3, "--site"),
@@ -317,6 +352,15 @@ def _cmd_run(a: argparse.Namespace) -> int:
         "read_noise": a.read_noise,
         "saturation": a.saturation,
         "min_transparency": a.min_transparency,
+        "aperture_fwhm": a.aperture_fwhm,
+        "radii_fwhm": a.radii_fwhm,
+        "annulus_fwhm": a.annulus_fwhm,
+        "aperture_scaling": a.aperture_scaling,
+        "centroid": a.centroid,
+        "sky_method": a.sky_method,
+        "mask_stars": False if a.no_mask_stars else None,
+        "thin_cloud": a.thin_cloud,
+        "max_sky_ratio": a.max_sky_ratio,
         "outlier_sigma": a.outlier_sigma,
         "workers": a.workers,
         "scheduler": a.scheduler,

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import sep
-from scipy.ndimage import binary_dilation, median_filter
+from scipy.ndimage import (
+    binary_dilation,
+    map_coordinates,
+    maximum_filter,
+    median_filter,
+    uniform_filter,
+)
+from scipy.spatial import cKDTree
 
 # A Gaussian clipped at ±3σ keeps 99.73 % of its values and its std shrinks by this factor;
 # dividing by it makes the clipped std an unbiased estimate of the sky noise.
 _CLIP3_STD_FACTOR = 0.98664
-# The variance of a median of n Gaussian values is π/2 times that of their mean.
-_MEDIAN_VAR_FACTOR = np.pi / 2
+# Variance of each sky estimator of n Gaussian values, in units of σ²/n: the mean 1, the median
+# π/2, and the mode 3 med − 2 mean: 9 π/2 + 4 − 12 (cov(median, mean) = σ²/n asymptotically).
+SKY_VAR_FACTOR = {"mean": 1.0, "median": np.pi / 2, "mode": 9 * np.pi / 2 + 4 - 12}
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,20 @@ class Apertures:
     annulus: tuple[float, float]
     ellipticity: float = 0.0
     theta_deg: float = 0.0
+    # FWHM-scaled apertures: radii = radii_fwhm × FWHM and annulus = annulus_fwhm × FWHM, with
+    # the FWHM of each frame when per_frame (else radii and annulus above hold for every frame).
+    radii_fwhm: tuple[float, ...] = ()
+    annulus_fwhm: tuple[float, float] | None = None
+    per_frame: bool = False
+
+    def scaled(self, fwhm: float) -> Apertures:
+        """These apertures for a frame of the given FWHM (px): rescaled if per_frame, else same."""
+        if not self.per_frame or not np.isfinite(fwhm) or fwhm <= 0 or not self.radii_fwhm:
+            return self
+        annulus = self.annulus
+        if self.annulus_fwhm is not None:
+            annulus = (self.annulus_fwhm[0] * fwhm, self.annulus_fwhm[1] * fwhm)
+        return replace(self, radii=tuple(k * fwhm for k in self.radii_fwhm), annulus=annulus)
 
 
 def row_nanmedian(v: np.ndarray) -> np.ndarray:
@@ -48,6 +70,9 @@ def _cutouts(data: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.
     return padded[rows, cols]
 
 
+CENTROID_METHODS = ("com", "gauss", "windowed")
+
+
 def recentre(
     data: np.ndarray,
     x: np.ndarray,
@@ -55,52 +80,241 @@ def recentre(
     box: int = 11,
     max_shift: float = 3.0,
     min_snr: float = 20.0,
+    *,
+    method: str = "com",
+    fwhm: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre of mass above the local background; keeps the prediction if too faint or too far."""
+    """Centroid (px) of the star nearest each prediction; keeps the prediction if faint or far.
+
+    Within a box of `box` px around the prediction, the local maximum nearest the prediction
+    (not the brightest one) is taken as the star, so a brighter neighbour in the box cannot
+    capture the aperture. Its centre is then measured in a window of 1.5 FWHM around it by
+    `method`: "com" (centre of mass of the pixels above 3 sigma), "windowed" (Gaussian-weighted
+    iteration, as SExtractor's XWIN) or "gauss" (2-D Gaussian fit, photutils.centroid_2dg).
+    A result further than `max_shift` px from the prediction, or a star whose window holds
+    less than `min_snr` sigma, leaves the prediction unchanged (third return value False).
+    """
+    if method not in CENTROID_METHODS:
+        raise ValueError(f"centroid method {method!r}: choose one of {CENTROID_METHODS}")
     x0 = np.asarray(x, float)
     y0 = np.asarray(y, float)
     n = len(x0)
     if n == 0:
         return x0.copy(), y0.copy(), np.zeros(0, bool)
-    half = box // 2
+    fw = float(fwhm) if fwhm is not None and np.isfinite(fwhm) and fwhm > 0 else 3.0
+    rw = max(1.5 * fw, 2.5)
+    half = max(box // 2, 1)
+    pad = half + 3 * int(np.ceil(rw))  # room for the mirror images of near neighbours
     ny, nx = data.shape
-    off = np.arange(-half, half + 1, dtype=float)
-    xc, yc = x0.copy(), y0.copy()
-    alive = np.isfinite(xc) & np.isfinite(yc)
-    for _ in range(3):
-        ix = np.clip(np.round(np.nan_to_num(xc)).astype(int), -1, nx)
-        iy = np.clip(np.round(np.nan_to_num(yc)).astype(int), -1, ny)
-        cut = _cutouts(data, ix, iy, half)
-        edge = np.concatenate(
-            [cut[:, 0, :], cut[:, -1, :], cut[:, 1:-1, 0], cut[:, 1:-1, -1]], axis=1
-        )
-        bg = np.median(edge, axis=1)
-        noise = 1.4826 * np.median(np.abs(edge - bg[:, None]), axis=1) + 1e-6
-        w = cut - bg[:, None, None]
-        # Only pixels clearly above the noise vote, so sky noise cannot drag the centre.
-        w = np.where(w > 3 * noise[:, None, None], w, 0.0)
-        s = w.sum(axis=(1, 2))
-        npix = np.maximum((w > 0).sum(axis=(1, 2)), 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ok = alive & np.isfinite(s) & (s > 0) & (s / (noise * np.sqrt(npix)) >= min_snr)
-            dx = (w.sum(axis=1) * off).sum(axis=1) / s
-            dy = (w.sum(axis=2) * off).sum(axis=1) / s
-        alive &= ok
-        xc = np.where(alive, ix + dx, xc)
-        yc = np.where(alive, iy + dy, yc)
-    moved = alive & (np.hypot(xc - x0, yc - y0) <= max_shift)
+    alive = np.isfinite(x0) & np.isfinite(y0)
+    ix = np.clip(np.round(np.nan_to_num(x0)).astype(int), -1, nx)
+    iy = np.clip(np.round(np.nan_to_num(y0)).astype(int), -1, ny)
+    cut = _cutouts(data, ix, iy, pad)
+    off = np.arange(-pad, pad + 1, dtype=float)
+    # Background and noise from the box's border ring: a median is robust to a neighbour there.
+    ring = np.concatenate([cut[:, 0, :], cut[:, -1, :], cut[:, 1:-1, 0], cut[:, 1:-1, -1]], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # stars off the frame: all-NaN rings
+        bg = np.nanmedian(ring, axis=1)
+        noise = 1.4826 * np.nanmedian(np.abs(ring - bg[:, None]), axis=1) + 1e-6
+    sub = cut - bg[:, None, None]
+    fill = np.where(np.isfinite(sub), sub, 0.0)
+    # Peaks of the 3x3-smoothed image above 3 sigma of the smoothed noise (noise / 3).
+    smooth = uniform_filter(fill, size=(1, 3, 3), mode="constant")
+    peaks = (smooth == maximum_filter(smooth, size=(1, 3, 3), mode="constant")) & (
+        smooth > noise[:, None, None]
+    )
+    px = off[None, None, :] + (ix - x0)[:, None, None]  # offsets from the prediction
+    py = off[None, :, None] + (iy - y0)[:, None, None]
+    in_box = (np.abs(px) <= half) & (np.abs(py) <= half)
+    d2 = np.where(peaks & in_box, px**2 + py**2, np.inf).reshape(n, -1)
+    best = np.argmin(d2, axis=1)
+    found = alive & np.isfinite(d2[np.arange(n), best])
+    jy, jx = np.unravel_index(best, cut.shape[1:])
+    # Star centre in cutout coordinates (pixel index), refined by the chosen method.
+    cx, cy = jx.astype(float), jy.astype(float)
+    gy, gx = np.mgrid[0 : 2 * pad + 1, 0 : 2 * pad + 1].astype(float)
+    for i in np.flatnonzero(found & (peaks.reshape(n, -1).sum(axis=1) > 1)):
+        fill[i] = _isolate(fill[i], peaks[i], jx[i], jy[i], gx, gy)
+    if method == "windowed":
+        sig2 = (fw / 2.3548) ** 2
+        for _ in range(10):
+            r2 = (gx[None] - cx[:, None, None]) ** 2 + (gy[None] - cy[:, None, None]) ** 2
+            w = np.where(r2 <= (4.0**2) * sig2, np.exp(-0.5 * r2 / sig2), 0.0) * fill
+            s = w.sum(axis=(1, 2))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                dx = 2.0 * (w * (gx[None] - cx[:, None, None])).sum(axis=(1, 2)) / s
+                dy = 2.0 * (w * (gy[None] - cy[:, None, None])).sum(axis=(1, 2)) / s
+            ok = np.isfinite(dx) & np.isfinite(dy) & (s > 0)
+            dx, dy = np.where(ok, np.clip(dx, -1, 1), 0.0), np.where(ok, np.clip(dy, -1, 1), 0.0)
+            cx, cy = cx + dx, cy + dy
+            if np.all(np.hypot(dx, dy) < 1e-4):
+                break
+    else:
+        for _ in range(3):  # centre of mass, the window following the estimate
+            r2 = (gx[None] - cx[:, None, None]) ** 2 + (gy[None] - cy[:, None, None]) ** 2
+            w = np.where((r2 <= rw * rw) & (fill > 3 * noise[:, None, None]), fill, 0.0)
+            s = w.sum(axis=(1, 2))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ncx = (w * gx[None]).sum(axis=(1, 2)) / s
+                ncy = (w * gy[None]).sum(axis=(1, 2)) / s
+            ok = s > 0
+            cx, cy = np.where(ok, ncx, cx), np.where(ok, ncy, cy)
+        if method == "gauss":  # fitting is slow: only stars bright enough to be trusted
+            fit = found & (_window_snr(fill, cx, cy, gx, gy, rw, noise) >= min_snr)
+            cx, cy = _gauss_centres(fill, cx, cy, rw, fit)
+    # Signal-to-noise of the star in its window decides whether to trust the centre at all.
+    snr = _window_snr(fill, cx, cy, gx, gy, rw, noise)
+    xc = ix - pad + cx
+    yc = iy - pad + cy
+    moved = (
+        found
+        & np.isfinite(xc)
+        & np.isfinite(yc)
+        & (snr >= min_snr)
+        & (np.hypot(xc - x0, yc - y0) <= max_shift)
+    )
     return np.where(moved, xc, x0), np.where(moved, yc, y0), moved
 
 
+def _window_snr(
+    fill: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    gx: np.ndarray,
+    gy: np.ndarray,
+    rw: float,
+    noise: np.ndarray,
+) -> np.ndarray:
+    """Signal-to-noise of the background-subtracted light within rw of each centre."""
+    r2 = (gx[None] - cx[:, None, None]) ** 2 + (gy[None] - cy[:, None, None]) ** 2
+    win = r2 <= rw * rw
+    signal = np.where(win, fill, 0.0).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return signal / (noise * np.sqrt(win.sum(axis=(1, 2))))
+
+
+def _isolate(
+    img: np.ndarray, peaks: np.ndarray, jx: int, jy: int, gx: np.ndarray, gy: np.ndarray
+) -> np.ndarray:
+    """The cutout with every other star's light removed around the star peaking at (jx, jy).
+
+    A neighbour's light is estimated by symmetry (as the SDSS deblender does): its
+    light at a pixel equals its light at the mirror pixel through its centre, which lies on the
+    far side, away from our star. Pixels nearer another peak than ours are then set to zero.
+    """
+    oy, ox = np.nonzero(peaks)
+    other = (oy != jy) | (ox != jx)
+    oy, ox = oy[other], ox[other]
+    out = img.copy()
+    size = img.shape[0]
+    for qy, qx in zip(oy.tolist(), ox.tolist(), strict=True):
+        # sub-pixel centre of the neighbour from a parabola through its peak row and column
+        cxq, cyq = float(qx), float(qy)
+        if 0 < qx < size - 1:
+            a, b, c = img[qy, qx - 1], img[qy, qx], img[qy, qx + 1]
+            den = a - 2 * b + c
+            cxq += 0.5 * (a - c) / den if den < 0 else 0.0
+        if 0 < qy < size - 1:
+            a, b, c = img[qy - 1, qx], img[qy, qx], img[qy + 1, qx]
+            den = a - 2 * b + c
+            cyq += 0.5 * (a - c) / den if den < 0 else 0.0
+        mirror = map_coordinates(
+            img, [2 * cyq - gy, 2 * cxq - gx], order=1, mode="constant", cval=0.0
+        )
+        out -= np.clip(np.minimum(mirror, img), 0, None)
+    d_own = (gx - jx) ** 2 + (gy - jy) ** 2
+    d_oth = np.min((gx[None] - ox[:, None, None]) ** 2 + (gy[None] - oy[:, None, None]) ** 2, 0)
+    out[d_oth < d_own] = 0.0
+    return out
+
+
+def _gauss_centres(
+    fill: np.ndarray, cx: np.ndarray, cy: np.ndarray, rw: float, found: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """2-D Gaussian fit (photutils) in a window around each first guess, in cutout pixels."""
+    from photutils.centroids import centroid_2dg
+
+    cx, cy = cx.copy(), cy.copy()
+    h = int(np.ceil(rw))
+    size = fill.shape[1]
+    for i in np.flatnonzero(found):
+        x0, y0 = round(cx[i]), round(cy[i])
+        xa, xb = max(x0 - h, 0), min(x0 + h + 1, size)
+        ya, yb = max(y0 - h, 0), min(y0 + h + 1, size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # astropy fitting warnings on poor fits
+            try:
+                gx, gy = centroid_2dg(fill[i, ya:yb, xa:xb])
+            except Exception:  # a failed fit keeps the centre-of-mass estimate
+                continue
+        if np.isfinite(gx) and np.isfinite(gy) and np.hypot(xa + gx - cx[i], ya + gy - cy[i]) < h:
+            cx[i], cy[i] = xa + gx, ya + gy
+    return cx, cy
+
+
+SKY_METHODS = ("median", "mean", "mode")
+
+
 def annulus_sky(
-    data: np.ndarray, x: np.ndarray, y: np.ndarray, r_in: float, r_out: float
+    data: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    r_in: float,
+    r_out: float,
+    *,
+    method: str = "median",
+    mask_xy: np.ndarray | None = None,
+    mask_radius: float | np.ndarray = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sigma-clipped median sky (ADU/px), its noise per pixel and the pixel count, per star."""
+    """Sigma-clipped sky (ADU/px) in an annulus, its noise per pixel and the pixel count, per star.
+
+    `method` is the estimator of the clipped pixels: "median", "mean" or "mode" (Pearson's
+    3 median - 2 mean, robust where faint stars skew the distribution). Pixels within
+    `mask_radius` px of any position in `mask_xy` (other stars) are left out before clipping;
+    a mask position within 1.5 px of the star itself is ignored.
+    """
+    stats = annulus_stats(data, x, y, r_in, r_out, mask_xy=mask_xy, mask_radius=mask_radius)
+    if method not in SKY_METHODS:
+        raise ValueError(f"sky method {method!r}: choose one of {SKY_METHODS}")
+    return stats[method], stats["std"], stats["count"]
+
+
+def mask_radius_for(
+    peak: np.ndarray, noise: float, fwhm: float, beta: float = 2.5, max_fwhm: float = 8.0
+) -> np.ndarray:
+    """Radius (px) where a star of this peak (ADU above sky) falls to half the sky noise.
+
+    A Moffat profile of power `beta` (2.5: heavier wings than most seeing, so the mask errs
+    large) and the frame's FWHM; at least 1.5 FWHM and at most `max_fwhm` FWHM.
+    """
+    alpha = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    ratio = np.clip(np.asarray(peak, float) / (0.5 * max(noise, 1e-9)), 1.0, None)
+    r = alpha * np.sqrt(ratio ** (1.0 / beta) - 1.0)
+    return np.clip(np.nan_to_num(r, nan=1.5 * fwhm), 1.5 * fwhm, max_fwhm * fwhm)
+
+
+def annulus_stats(
+    data: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    r_in: float,
+    r_out: float,
+    *,
+    mask_xy: np.ndarray | None = None,
+    mask_radius: float | np.ndarray = 0.0,
+) -> dict[str, np.ndarray]:
+    """Sigma-clipped annulus statistics per star: median, mean, mode, std (ADU), count, masked.
+
+    `mask_radius` (px) is one radius for every masking star in `mask_xy`, or one per star.
+    """
     x = np.asarray(x, float)
     y = np.asarray(y, float)
     n = len(x)
     if n == 0:
-        return np.empty(0), np.empty(0), np.zeros(0, int)
+        e = np.empty(0)
+        z = np.zeros(0, int)
+        return {"median": e, "mean": e, "mode": e, "std": e, "count": z, "masked": z}
     half = int(np.ceil(r_out)) + 1
     ny, nx = data.shape
     ix = np.clip(np.round(np.nan_to_num(x)).astype(int), -1, nx)
@@ -110,7 +324,31 @@ def annulus_sky(
     ddx = (ix - x)[:, None, None] + off[None, None, :]
     ddy = (iy - y)[:, None, None] + off[None, :, None]
     r2 = ddx**2 + ddy**2
-    vals = np.where((r2 >= r_in**2) & (r2 <= r_out**2), cut, np.nan).reshape(n, -1)
+    ring = (r2 >= r_in**2) & (r2 <= r_out**2)
+    masked = np.zeros(n, int)
+    mxy = np.asarray(mask_xy if mask_xy is not None else np.empty((0, 2)), float).reshape(-1, 2)
+    mrad = np.broadcast_to(np.asarray(mask_radius, float), (len(mxy),))
+    if len(mxy) and np.nanmax(mrad) > 0:
+        tree = cKDTree(mxy)
+        near = tree.query_ball_point(
+            np.column_stack([np.nan_to_num(x, nan=-1e9), np.nan_to_num(y, nan=-1e9)]),
+            r_out + float(np.nanmax(mrad)),
+        )
+        for i, js in enumerate(near):
+            if not js or not np.isfinite(x[i]):
+                continue
+            m, rm = mxy[js], mrad[js]
+            other = np.hypot(m[:, 0] - x[i], m[:, 1] - y[i]) > 1.5  # not the star itself
+            m, rm = m[other], rm[other]
+            if len(m) == 0:
+                continue
+            # positions of the cutout pixels relative to each masking star
+            gx = ix[i] + off[None, None, :] - m[:, 0, None, None]
+            gy = iy[i] + off[None, :, None] - m[:, 1, None, None]
+            hit = ((gx**2 + gy**2) <= rm[:, None, None] ** 2).any(axis=0)
+            masked[i] = int((hit & ring[i]).sum())
+            ring[i] &= ~hit
+    vals = np.where(ring, cut, np.nan).reshape(n, -1)
     base = vals
     keep = np.isfinite(base)
     for _ in range(5):
@@ -128,10 +366,13 @@ def annulus_sky(
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         med = row_nanmedian(v)
+        mean = np.nanmean(v, axis=1)
         std = np.nanstd(v, axis=1) / _CLIP3_STD_FACTOR
+    mode = 3.0 * med - 2.0 * mean
     few = count < 10
-    med[few], std[few] = np.nan, np.nan
-    return med, std, count
+    for arr in (med, mean, mode, std):
+        arr[few] = np.nan
+    return {"median": med, "mean": mean, "mode": mode, "std": std, "count": count, "masked": masked}
 
 
 def clean_cosmic_rays(
@@ -233,12 +474,22 @@ def measure_stars(
     bad_mask: np.ndarray | None = None,
     clean_cosmics: bool = False,
     fwhm: float | None = None,
+    sky_method: str = "median",
+    mask_xy: np.ndarray | None = None,
+    mask_radius: float | np.ndarray = 0.0,
 ) -> dict[str, np.ndarray]:
-    """Aperture photometry of stars at (x, y): flux and error (e-) per radius, sky, peak, flags."""
+    """Aperture photometry of stars at (x, y): flux and error (e-) per radius, sky, peak, flags.
+
+    The sky is the `sky_method` estimator ("median", "mean" or "mode") of the annulus pixels,
+    with pixels within `mask_radius` px of the positions `mask_xy` (other stars) left out.
+    """
+    if sky_method not in SKY_METHODS:
+        raise ValueError(f"sky method {sky_method!r}: choose one of {SKY_METHODS}")
     x = np.ascontiguousarray(x, float)
     y = np.ascontiguousarray(y, float)
     n, nr = len(x), len(ap.radii)
-    sky, sky_std, n_sky = annulus_sky(data, x, y, *ap.annulus)
+    stats = annulus_stats(data, x, y, *ap.annulus, mask_xy=mask_xy, mask_radius=mask_radius)
+    sky, sky_std, n_sky = stats[sky_method], stats["std"], stats["count"]
     # The peak is read before cleaning: a saturated pixel is no cosmic ray to be smoothed away.
     peak = _peak(raw if raw is not None else data, x, y, max(ap.radii))
     cosmic = np.zeros(n, int)
@@ -266,13 +517,13 @@ def measure_stars(
         net_adu = s - sky * a
         flux[:, k] = net_adu * gain
         # CCD equation with the sky noise measured in the annulus (it already holds sky photons,
-        # dark and read noise), and the error of the sky median itself (Howell 2006).
+        # dark and read noise), and the error of the sky estimate itself (Howell 2006).
         var_sky_e = (sky_std * gain) ** 2
         with np.errstate(invalid="ignore", divide="ignore"):
             var = (
                 np.clip(flux[:, k], 0, None)
                 + a * var_sky_e
-                + a * a * var_sky_e * _MEDIAN_VAR_FACTOR / n_sky
+                + a * a * var_sky_e * SKY_VAR_FACTOR[sky_method] / n_sky
             )
         err[:, k] = np.sqrt(var)
     saturated = peak >= saturation if saturation is not None else np.zeros(n, bool)
@@ -285,8 +536,12 @@ def measure_stars(
         "area": area,
         "edge": edge.any(axis=1),
         "sky": sky,
+        "sky_median": stats["median"],
+        "sky_mean": stats["mean"],
+        "sky_mode": stats["mode"],
         "sky_std": sky_std,
         "n_sky": n_sky,
+        "sky_masked": stats["masked"],
         "peak": peak,
         "saturated": saturated,
         "bad_pixel": hot,

@@ -35,6 +35,10 @@ class PlanObject:
     y: float
     pinned: bool = False  # a user-given comparison star
     catalog_mag: float | None = None
+    # A moving target: (x, y) is its position at time epoch (JD UTC) in reference-frame pixels,
+    # and it moves by rate (px/day, reference-frame pixels); None for a fixed star.
+    rate: tuple[float, float] | None = None
+    epoch: float = float("nan")
 
 
 @dataclass
@@ -60,6 +64,26 @@ class Plan:
     lacosmic: bool = False
     read_noise: float | None = None
     save_calibrated: str | None = None  # folder for calibrated frames, if asked
+    centroid: str = "com"
+    sky_method: str = "median"
+    # Stars of the reference frame masked out of every sky annulus: positions, peaks (ADU above
+    # the sky) and the reference frame's sky noise (ADU); none when masking is off.
+    mask_xy: np.ndarray | None = None
+    mask_peak: np.ndarray | None = None
+    mask_noise: float = float("nan")
+    mask_stars: bool = True  # leave the mask_xy stars out of sky annuli
+
+
+def object_positions(plan: Plan, jd: float) -> tuple[np.ndarray, np.ndarray]:
+    """Reference-frame pixel positions of every object at time jd (moving targets move)."""
+    x = np.array([o.x for o in plan.objects], float)
+    y = np.array([o.y for o in plan.objects], float)
+    for i, o in enumerate(plan.objects):
+        if o.rate is not None:
+            dt = jd - o.epoch
+            x[i] += o.rate[0] * dt
+            y[i] += o.rate[1] * dt
+    return x, y
 
 
 @dataclass
@@ -117,9 +141,15 @@ def _empty_columns(n_obj: int, n_r: int) -> dict[str, np.ndarray]:
         "flux": np.full((n_obj, n_r), np.nan),
         "flux_err": np.full((n_obj, n_r), np.nan),
         "area": np.full((n_obj, n_r), np.nan),
+        "radius": np.full((n_obj, n_r), np.nan),
+        "annulus": np.full((n_obj, 2), np.nan),
         "sky": nan.copy(),
+        "sky_median": nan.copy(),
+        "sky_mean": nan.copy(),
+        "sky_mode": nan.copy(),
         "sky_std": nan.copy(),
         "n_sky": np.zeros(n_obj, int),
+        "sky_masked": np.zeros(n_obj, int),
         "peak": nan.copy(),
         "saturated": np.zeros(n_obj, bool),
         "edge": np.zeros(n_obj, bool),
@@ -185,31 +215,64 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         except FrameError as exc:
             raise FrameError(f"{info.path}: {exc} — {len(src)} sources detected") from None
         res.transform = tr
-        x, y = tr(np.array([o.x for o in plan.objects]), np.array([o.y for o in plan.objects]))
+        x, y = tr(*object_positions(plan, info.jd_utc_mid))
+        moving = np.array([o.rate is not None for o in plan.objects])
         ny, nx = data.shape
-        r_out = plan.apertures.annulus[1]
+        aps = plan.apertures.scaled(res.fwhm)
+        r_out = aps.annulus[1]
         inside = (x >= 0) & (x <= nx - 1) & (y >= 0) & (y <= ny - 1)
-        x, y, moved = measure.recentre(data, x, y, plan.centroid_box, plan.max_shift)
+        x, y, moved = measure.recentre(
+            data,
+            x,
+            y,
+            plan.centroid_box,
+            plan.max_shift,
+            method=plan.centroid,
+            fwhm=res.fwhm,
+        )
+        mask_xy, mask_r = None, 0.0
+        blended = np.zeros(n_obj, bool)
+        if plan.mask_xy is not None and len(plan.mask_xy):
+            mx, my = tr(plan.mask_xy[:, 0], plan.mask_xy[:, 1])
+            fw = res.fwhm if np.isfinite(res.fwhm) else 3.0
+            if moving.any():
+                # a moving target crossing a star: that star's light (above 3 sigma of the sky)
+                # reaches into the aperture
+                reach = measure.mask_radius_for(plan.mask_peak, 6 * plan.mask_noise, fw, max_fwhm=4)
+                for i in np.flatnonzero(moving):
+                    d = np.hypot(mx - x[i], my - y[i])
+                    blended[i] = bool(np.any(d < max(aps.radii) + reach))
+            if plan.mask_stars:
+                mask_xy = np.column_stack([mx, my])
+                mask_r = measure.mask_radius_for(plan.mask_peak, plan.mask_noise, fw)
         m = measure.measure_stars(
             data,
             x,
             y,
-            plan.apertures,
+            aps,
             plan.gain,
             raw=raw,
             saturation=plan.saturation,
             fwhm=res.fwhm,
             clean_cosmics=plan.clean_cosmics,
             bad_mask=masters.bad,
+            sky_method=plan.sky_method,
+            mask_xy=mask_xy,
+            mask_radius=mask_r,
         )
         cols = res.columns
         cols.update({k: m[k] for k in m})
         cols["x"], cols["y"], cols["recentred"] = x, y, moved
+        cols["radius"] = np.tile(np.asarray(aps.radii, float), (n_obj, 1))
+        cols["annulus"] = np.tile(np.asarray(aps.annulus, float), (n_obj, 1))
         st = np.array(["ok"] * n_obj, dtype=object)
         near_edge = (x < r_out) | (x > nx - 1 - r_out) | (y < r_out) | (y > ny - 1 - r_out)
         st[near_edge] = "near_edge"
         st[~inside] = "off_frame"
         st[(st == "ok") & m["saturated"]] = "saturated"
+        st[(st == "ok") & blended] = "blended"
+        if not np.isfinite(info.jd_utc_mid):
+            st[moving] = "no_time"  # a moving target cannot be placed without the time
         st[(st == "ok") & ~np.isfinite(m["flux"][:, 0])] = "no_flux"
         _flag_nonfinite(data, x, y, max(plan.apertures.radii), st, cols)
         cols["obj_status"] = st
@@ -278,6 +341,83 @@ def _resolve_position(spec: ObjectSpec, header: Any, ref_path: str) -> tuple[flo
     return float(px), float(py)
 
 
+def _resolve_motion(
+    spec: ObjectSpec,
+    ref: FrameInfo,
+    header: Any,
+    frames: list[FrameInfo],
+    transform_of: Any,
+) -> tuple[float, float, tuple[float, float], str]:
+    """A moving target's reference-frame position at the reference epoch, its rate (px/day in
+    reference pixels) and a note of how they were found.
+
+    Pixel positions are those of the exposure nearest their time (registered onto the
+    reference frame); sky positions and rates go through the reference frame's WCS.
+    """
+    from tsphot import timing
+
+    t_ref = ref.jd_utc_mid
+    t1 = spec.jd if spec.jd is not None else t_ref
+    assert isinstance(t1, float) or t1 == t_ref
+
+    def on_reference(px: float, py: float, t: float) -> tuple[float, float, str]:
+        f = min(frames, key=lambda fr: abs(fr.jd_utc_mid - t))
+        try:
+            tr = transform_of(f)
+        except (FrameError, InputError) as exc:
+            raise SettingsError(
+                f"target {spec.name!r}: its position at JD {t:.5f} is on {f.path}, which could "
+                f"not be registered ({exc}); give its position on another exposure"
+            ) from None
+        inv = np.linalg.inv(tr.matrix)
+        qx, qy = inv @ (np.array([px, py]) - np.array(tr.t))
+        return float(qx), float(qy), Path(f.path).name
+
+    wcs = ingest.quiet_wcs(header)
+
+    def sky_to_ref(ra: Any, dec: Any) -> tuple[float, float]:
+        if wcs is None:
+            raise SettingsError(
+                f"target {spec.name!r}: given by RA/Dec, but the reference frame {ref.path} has "
+                "no WCS; give its pixel positions instead"
+            )
+        px, py = wcs.world_to_pixel(timing.parse_coord(ra, dec))
+        return float(px), float(py)
+
+    if spec.x is not None and spec.y is not None:
+        x1, y1, f1 = on_reference(float(spec.x), float(spec.y), t1)
+        how = f"position ({spec.x}, {spec.y}) px on {f1}"
+    else:
+        x1, y1 = sky_to_ref(spec.ra, spec.dec)
+        how = f"position {spec.ra} {spec.dec} through the reference WCS"
+    if spec.x2 is not None and spec.y2 is not None:
+        assert isinstance(spec.jd2, float)
+        x2, y2, f2 = on_reference(float(spec.x2), float(spec.y2), spec.jd2)
+        rate = ((x2 - x1) / (spec.jd2 - t1), (y2 - y1) / (spec.jd2 - t1))
+        how += f" and ({spec.x2}, {spec.y2}) px on {f2}"
+    elif spec.ra2 is not None:
+        assert isinstance(spec.jd2, float)
+        x2, y2 = sky_to_ref(spec.ra2, spec.dec2)
+        rate = ((x2 - x1) / (spec.jd2 - t1), (y2 - y1) / (spec.jd2 - t1))
+        how += f" and {spec.ra2} {spec.dec2}"
+    elif spec.rate_x is not None and spec.rate_y is not None:
+        rate = (spec.rate_x * 24.0, spec.rate_y * 24.0)
+        how += f", rate ({spec.rate_x}, {spec.rate_y}) px/h"
+    else:
+        assert spec.rate_ra is not None and spec.rate_dec is not None
+        c0 = wcs.pixel_to_world(x1, y1) if wcs is not None else None
+        if c0 is None:
+            sky_to_ref(0.0, 0.0)  # raises the no-WCS error
+        dec0 = np.radians(c0.dec.deg)
+        ra_h = c0.ra.deg + spec.rate_ra / 3600.0 / np.cos(dec0)
+        dec_h = c0.dec.deg + spec.rate_dec / 3600.0
+        xh, yh = sky_to_ref(ra_h, dec_h)
+        rate = ((xh - x1) * 24.0, (yh - y1) * 24.0)
+        how += f", rate ({spec.rate_ra}, {spec.rate_dec}) arcsec/h through the reference WCS"
+    x, y = x1 + rate[0] * (t_ref - t1), y1 + rate[1] * (t_ref - t1)
+    return x, y, (float(rate[0]), float(rate[1])), how
+
+
 def _choose_comps(
     src: detect.Sources,
     taken: list[tuple[float, float]],
@@ -287,8 +427,12 @@ def _choose_comps(
     fwhm: float,
     saturation: float,
     max_comps: int,
+    avoid: list[tuple[float, float, float]] | None = None,
 ) -> list[tuple[float, float]]:
-    """Pick comparison stars: bright, unsaturated, isolated, away from the edges and the targets."""
+    """Pick comparison stars: bright, unsaturated, isolated, away from the edges and the targets.
+
+    `avoid` holds (x, y, radius) circles no comparison star may lie in (a moving target's track).
+    """
     ny, nx = shape
     # Frames where the annulus later drifts over the edge are flagged per frame (near_edge).
     margin = r_out + 2
@@ -312,10 +456,55 @@ def _choose_comps(
             continue
         if any(np.hypot(x - tx, y - ty) < r_ap for tx, ty in taken):  # a target itself
             continue
+        if avoid and any(np.hypot(x - ax, y - ay) < ar for ax, ay, ar in avoid):
+            continue
         chosen.append((float(x), float(y)))
         if len(chosen) >= max_comps:
             break
     return chosen
+
+
+def _plan_apertures(settings: Settings, fwhm: float) -> measure.Apertures:
+    """Aperture radii and annulus (px) from the settings and the reference frame's FWHM (px)."""
+    ks: tuple[float, ...] = ()
+    if settings.aperture_fwhm is not None or settings.radii_fwhm:
+        if settings.aperture is not None or settings.radii:
+            raise SettingsError(
+                "apertures given both in px (aperture/radii) and as multiples of the FWHM "
+                "(aperture_fwhm/radii_fwhm): use one or the other"
+            )
+        given = [settings.aperture_fwhm] if settings.aperture_fwhm is not None else []
+        ks = tuple(sorted({*given, *settings.radii_fwhm}))
+        radii = tuple(round(k * fwhm, 2) for k in ks)
+    elif settings.aperture is not None:
+        radii = tuple(sorted({settings.aperture, *settings.radii}))
+    elif settings.radii:
+        radii = tuple(sorted(set(settings.radii)))
+    else:
+        radii = (round(max(1.6 * fwhm, 2.0), 2),)
+    ann_k = settings.annulus_fwhm
+    if ann_k is None and ks and settings.annulus is None:
+        ann_k = (max(ks) + 2.0, max(ks) + 5.0)
+    if settings.annulus is not None:
+        annulus = settings.annulus
+        ann_k = None
+    elif ann_k is not None:
+        annulus = (round(ann_k[0] * fwhm, 1), round(ann_k[1] * fwhm, 1))
+    else:
+        annulus = (round(max(radii) + 2.0 * fwhm, 1), round(max(radii) + 5 * fwhm, 1))
+    if annulus[0] < max(radii):
+        raise SettingsError(
+            f"annulus inner radius {annulus[0]} px is inside the largest aperture {max(radii)} px"
+        )
+    return measure.Apertures(
+        radii,
+        annulus,
+        settings.ellipticity,
+        settings.position_angle,
+        radii_fwhm=ks,
+        annulus_fwhm=ann_k,
+        per_frame=bool(ks) and settings.aperture_scaling == "per_frame",
+    )
 
 
 def plan_run(
@@ -368,21 +557,20 @@ def plan_run(
     if settings.linearity_limit is not None:
         saturation = min(saturation, settings.linearity_limit)
     fwhm = src.fwhm if np.isfinite(src.fwhm) else 4.0
-    if settings.aperture is not None:
-        radii = tuple(sorted({settings.aperture, *settings.radii}))
-    elif settings.radii:
-        radii = tuple(sorted(set(settings.radii)))
-    else:
-        radii = (round(max(1.6 * fwhm, 2.0), 2),)
-    annulus = settings.annulus or (
-        round(max(radii) + 2.0 * fwhm, 1),
-        round(max(radii) + 5 * fwhm, 1),
-    )
-    if annulus[0] < max(radii):
-        raise SettingsError(
-            f"annulus inner radius {annulus[0]} px is inside the largest aperture {max(radii)} px"
-        )
-    aps = measure.Apertures(radii, annulus, settings.ellipticity, settings.position_angle)
+    aps = _plan_apertures(settings, fwhm)
+    radii, annulus = aps.radii, aps.annulus
+
+    bright = (src.peak + src.background) < 0.9 * saturation
+    ref_xy = np.column_stack([src.x[bright], src.y[bright]])[:60]
+
+    def transform_of(f: FrameInfo) -> register.Transform:
+        """Reference → frame f, for placing a moving target given on another exposure."""
+        if f.path == ref.path:
+            return register.Transform()
+        raw, _ = ingest.read_pixels(f.path, f.pedestal)
+        data, _ = calibrate.calibrate_frame(raw, f, _masters(masters_by_frame.get(f.index)))
+        s = detect.find_sources(data, settings.detect_sigma, saturation=saturation, max_sources=150)
+        return register.match_stars(ref_xy, np.column_stack([s.x, s.y]))
 
     ny, nx = shape
     objects: list[PlanObject] = []
@@ -392,14 +580,34 @@ def plan_run(
         ("check", settings.checks),
     ):
         for spec in specs:
-            x, y = _resolve_position(spec, ref_header, ref.path)
+            rate = None
+            if spec.moving:
+                if role != "target":
+                    raise SettingsError(f"{role} {spec.name!r}: only targets may move")
+                x, y, rate, how = _resolve_motion(spec, ref, ref_header, ok, transform_of)
+                notes.setdefault("moving_targets", {})[spec.name] = {
+                    "given": how,
+                    "rate_px_per_h": [rate[0] / 24.0, rate[1] / 24.0],
+                    "reference_pixels_at_jd": [x, y, ref.jd_utc_mid],
+                }
+            else:
+                x, y = _resolve_position(spec, ref_header, ref.path)
             if not (0 <= x <= nx - 1 and 0 <= y <= ny - 1):
                 raise SettingsError(
                     f"{role} {spec.name!r} at ({x:.1f}, {y:.1f}) px is outside the reference frame "
                     f"{ref.path} ({nx}x{ny} px); positions are 0-based on the first exposure"
                 )
             objects.append(
-                PlanObject(spec.name, role, x, y, pinned=role == "comp", catalog_mag=spec.mag)
+                PlanObject(
+                    spec.name,
+                    role,
+                    x,
+                    y,
+                    pinned=role == "comp",
+                    catalog_mag=spec.mag,
+                    rate=rate,
+                    epoch=ref.jd_utc_mid if rate is not None else float("nan"),
+                )
             )
     if not any(o.role == "target" for o in objects):
         raise SettingsError("no target given: use --target NAME=X,Y or [[targets]] in the settings")
@@ -410,14 +618,33 @@ def plan_run(
         np.array([o.y for o in objects]),
         settings.centroid_box,
         settings.max_shift,
+        method=settings.centroid,
+        fwhm=fwhm,
     )
     for o, x, y in zip(objects, xs, ys, strict=True):
         o.x, o.y = float(x), float(y)
     if not settings.comps:
         taken = [(o.x, o.y) for o in objects]
+        # Comparison stars keep clear of a moving target's whole track through the night.
+        jds = np.array([f.jd_utc_mid for f in ok if np.isfinite(f.jd_utc_mid)])
+        track: list[tuple[float, float, float]] = []
+        for o in objects:
+            if o.rate is not None and len(jds):
+                span = np.linspace(jds.min(), jds.max(), 50) - o.epoch
+                track += [
+                    (o.x + o.rate[0] * t, o.y + o.rate[1] * t, max(radii) + 3 * fwhm) for t in span
+                ]
         for k, (x, y) in enumerate(
             _choose_comps(
-                src, taken, shape, max(radii), annulus[1], fwhm, saturation, settings.max_comps
+                src,
+                taken,
+                shape,
+                max(radii),
+                annulus[1],
+                fwhm,
+                saturation,
+                settings.max_comps,
+                avoid=track,
             )
         ):
             objects.append(PlanObject(f"C{k + 1}", "comp", x, y))
@@ -425,8 +652,14 @@ def plan_run(
     if sum(o.role == "comp" for o in objects) < 2:
         raise SettingsError("fewer than 2 comparison stars: give them with --comp X,Y")
 
-    bright = (src.peak + src.background) < 0.9 * saturation
-    ref_xy = np.column_stack([src.x[bright], src.y[bright]])[:60]
+    # Detected stars of the reference frame, for masking sky annuli and flagging a moving
+    # target that crosses one; a moving target's own detection is no star to mask.
+    keep = np.ones(len(src), bool)
+    for o in objects:
+        if o.rate is not None:
+            keep &= np.hypot(src.x - o.x, src.y - o.y) > 2.0
+    mask_xy = np.column_stack([src.x[keep], src.y[keep]])
+    mask_peak = np.asarray(src.peak, float)[keep]
     plan = Plan(
         objects=objects,
         ref_path=ref.path,
@@ -446,6 +679,12 @@ def plan_run(
         lacosmic=settings.lacosmic,
         read_noise=settings.read_noise or ref.read_noise,
         save_calibrated=str(out / "calibrated") if settings.save_calibrated else None,
+        centroid=settings.centroid,
+        sky_method=settings.sky_method,
+        mask_xy=mask_xy,
+        mask_peak=mask_peak,
+        mask_noise=float(src.background_rms),
+        mask_stars=settings.mask_stars,
     )
     if settings.lacosmic and plan.read_noise is None:
         notes["assumed"].append(

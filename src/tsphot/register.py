@@ -113,8 +113,72 @@ def match_stars(
     tol_px: float = 3.0,
     allow_reflection: bool = True,
     max_candidates: int = 3000,
+    max_false: float = 1e-3,
 ) -> Transform:
-    """Find the transform taking reference star positions to a frame's star positions."""
+    """Find the transform taking reference star positions to a frame's star positions.
+
+    Both lists are brightest first. The search runs on the brightest n_use stars, then on
+    fewer (15, then 8): under cloud only the brightest stars remain, and their triangles are
+    found among the reference's brightest. A transform is accepted only if the stars it
+    matches within 1 px could not arise by chance: the probability of that many coincidences
+    (Poisson, given the frame's star density), times the number of hypotheses tried, must be
+    below max_false. A frame of another field, or one that does not overlap the reference,
+    therefore raises FrameError instead of returning a spurious transform.
+    """
+    ref_all = np.asarray(ref_xy, float)
+    frm_all = np.asarray(frm_xy, float)
+    if len(ref_all) < 3 or len(frm_all) < 3:
+        raise FrameError(
+            f"cannot register: {len(frm_all)} stars found in the frame and {len(ref_all)} in "
+            "the reference (at least 3 each are needed; cloud or a blank frame?)"
+        )
+    best_note = "no star pattern of the reference found in the frame"
+    for n in dict.fromkeys((n_use, 15, 8)):
+        if n > n_use and n != n_use:
+            continue
+        try:
+            tr, n_tried = _match_once(ref_all, frm_all, n, tol_px, allow_reflection, max_candidates)
+        except FrameError as exc:
+            best_note = str(exc).removeprefix("cannot register: ")
+            continue
+        k, p_false = _significance(tr, ref_all, frm_all, n_tried)
+        if p_false < max_false:
+            return tr
+        best_note = (
+            f"the best match ({k} stars within 1 px) could arise by chance "
+            f"(p = {min(p_false, 1.0):.2g}): no overlap with the reference, or too few stars"
+        )
+    raise FrameError(f"cannot register: {best_note}")
+
+
+def _significance(
+    tr: Transform, ref: np.ndarray, frm: np.ndarray, n_tried: int
+) -> tuple[int, float]:
+    """Stars matched within 1 px, and the chance of as many coincidences over all trials."""
+    from scipy.stats import poisson
+
+    mapped = np.column_stack(tr(ref[:, 0], ref[:, 1]))
+    lo, hi = frm.min(axis=0), frm.max(axis=0)
+    inside = np.all((mapped >= lo - 1) & (mapped <= hi + 1), axis=1)
+    dist, _ = cKDTree(frm).query(mapped[inside], distance_upper_bound=1.0)
+    k = int(np.isfinite(dist).sum())
+    area = float(np.prod(np.maximum(hi - lo, 1.0)))
+    lam = inside.sum() * len(frm) / area * np.pi  # chance matches within 1 px
+    extra = k - 3  # the triangle that made the hypothesis matches by construction
+    if extra <= 0:
+        return k, np.inf
+    return k, float(poisson.sf(extra - 1, lam) * max(n_tried, 1))
+
+
+def _match_once(
+    ref_xy: np.ndarray,
+    frm_xy: np.ndarray,
+    n_use: int,
+    tol_px: float,
+    allow_reflection: bool,
+    max_candidates: int,
+) -> tuple[Transform, int]:
+    """One triangle search on the brightest n_use stars; the transform and hypotheses tried."""
     ref = np.asarray(ref_xy, float)[:n_use]
     frm = np.asarray(frm_xy, float)[: max(n_use, 2 * n_use // 1)]
     if len(ref) < 3 or len(frm) < 3:
@@ -139,7 +203,9 @@ def match_stars(
     tree_f = cKDTree(frm)
     best: tuple[int, float, np.ndarray, np.ndarray] | None = None
     need = max(3, int(0.7 * min(len(ref), len(frm))))
+    n_tried = 0
     for i, j in cand:
+        n_tried += 1
         src, dst = ref[tri_r[i]], frm[tri_f[j]]
         a, t = similarity_fit(src, dst, allow_reflection)
         sc = np.sqrt(abs(np.linalg.det(a)))
@@ -175,12 +241,13 @@ def match_stars(
             else similarity_fit(src, dst, np.linalg.det(a) < 0)
         )
     resid = np.linalg.norm(src @ a.T + t - dst, axis=1)
-    return Transform(
+    tr = Transform(
         a=tuple(float(v) for v in a.ravel()),
         t=(float(t[0]), float(t[1])),
         n_matched=len(src),
         rms=float(np.sqrt(np.mean(resid**2))),
     )
+    return tr, n_tried
 
 
 def _affine_fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,26 @@ class ObjectSpec(BaseModel):
     ra: str | float | None = Field(None, description="RA as 'HH:MM:SS.s' or degrees")
     dec: str | float | None = Field(None, description="Dec as '+DD:MM:SS' or degrees")
     mag: float | None = Field(None, description="catalogue magnitude (comparison star only)")
+    # A moving target (asteroid, comet): its position at a second time, or its rate.
+    jd: float | str | None = Field(
+        None,
+        description="time of the position: JD (UTC) or ISO UTC; pixels are those of the exposure "
+        "nearest that time (default: the first exposure)",
+    )
+    x2: float | None = Field(None, description="moving target: column at time jd2 (px)")
+    y2: float | None = Field(None, description="moving target: row at time jd2 (px)")
+    ra2: str | float | None = Field(None, description="moving target: RA at time jd2")
+    dec2: str | float | None = Field(None, description="moving target: Dec at time jd2")
+    jd2: float | str | None = Field(None, description="time of the second position (JD or ISO)")
+    rate_x: float | None = Field(None, description="moving target: rate in x (px/h)")
+    rate_y: float | None = Field(None, description="moving target: rate in y (px/h)")
+    rate_ra: float | None = Field(None, description="moving target: dRA cos(Dec)/dt (arcsec/h)")
+    rate_dec: float | None = Field(None, description="moving target: dDec/dt (arcsec/h)")
+
+    @field_validator("jd", "jd2", mode="before")
+    @classmethod
+    def _time_to_jd(cls, v: Any) -> Any:
+        return None if v is None else parse_time_jd(v)
 
     @model_validator(mode="after")
     def _has_position(self) -> ObjectSpec:
@@ -37,7 +57,49 @@ class ObjectSpec(BaseModel):
             raise ValueError(
                 f"object {self.name!r}: give a pixel position (x, y) or a sky position"
             )
+        pairs = (("x2", "y2"), ("ra2", "dec2"), ("rate_x", "rate_y"), ("rate_ra", "rate_dec"))
+        given = [a for a, b in pairs if {getattr(self, a), getattr(self, b)} != {None}]
+        for a, b in pairs:
+            if (getattr(self, a) is None) != (getattr(self, b) is None):
+                raise ValueError(f"object {self.name!r}: give both {a} and {b}, or neither")
+        if len(given) > 1:
+            raise ValueError(
+                f"object {self.name!r}: give its motion one way only (second position or rates)"
+            )
+        if given and given[0] in ("x2", "ra2") and (self.jd is None or self.jd2 is None):
+            raise ValueError(
+                f"object {self.name!r}: a second position needs both times, jd and jd2"
+            )
+        if given and given[0] == "x2" and self.x is None:
+            raise ValueError(f"object {self.name!r}: x2, y2 need a first pixel position x, y")
+        if given and given[0] == "ra2" and self.ra is None:
+            raise ValueError(f"object {self.name!r}: ra2, dec2 need a first sky position ra, dec")
+        if self.jd is not None and self.jd2 is not None and self.jd2 == self.jd:
+            raise ValueError(f"object {self.name!r}: jd and jd2 are the same time")
         return self
+
+    @property
+    def moving(self) -> bool:
+        """True for a target that moves across the field (second position or rate given)."""
+        return any(v is not None for v in (self.x2, self.ra2, self.rate_x, self.rate_ra))
+
+
+def parse_time_jd(value: Any) -> float:
+    """A time as JD (UTC): a number (JD; MJD if below 1e6) or an ISO string (UTC)."""
+    if isinstance(value, (int, float)):
+        v = float(value)
+        return v + 2400000.5 if v < 1e6 else v
+    text = str(value).strip()
+    try:
+        return parse_time_jd(float(text))
+    except ValueError:
+        pass
+    from astropy.time import Time
+
+    try:
+        return float(Time(text, scale="utc").jd)
+    except ValueError:
+        raise ValueError(f"time {text!r}: give a JD number or an ISO UTC time") from None
 
 
 class TransitSpec(BaseModel):
@@ -109,6 +171,31 @@ class Settings(BaseModel):
         "target scatter is chosen and reported",
     )
     annulus: tuple[float, float] | None = Field(None, description="sky annulus radii (px)")
+    aperture_fwhm: float | None = Field(
+        None, gt=0, description="aperture radius as a multiple of the FWHM (instead of px)"
+    )
+    radii_fwhm: list[float] = Field(
+        default_factory=list,
+        description="extra radii as multiples of the FWHM, measured in the same pass; the one "
+        "with the lowest target scatter is chosen",
+    )
+    annulus_fwhm: tuple[float, float] | None = Field(
+        None, description="sky annulus radii as multiples of the FWHM"
+    )
+    aperture_scaling: Literal["fixed", "per_frame"] = Field(
+        "fixed",
+        description="FWHM-scaled apertures: 'fixed' uses the reference frame's FWHM for the "
+        "whole night; 'per_frame' rescales radii and annulus with each frame's FWHM",
+    )
+    centroid: Literal["com", "windowed", "gauss"] = Field(
+        "com",
+        description="centroid method: centre of mass, windowed (Gaussian-weighted, as "
+        "SExtractor XWIN) or 2-D Gaussian fit; all take the peak nearest the prediction",
+    )
+    sky_method: Literal["median", "mean", "mode"] = Field(
+        "median", description="sky estimator of the sigma-clipped annulus (mode = 3 med - 2 mean)"
+    )
+    mask_stars: bool = Field(True, description="leave other stars' pixels out of the sky annulus")
     ellipticity: float = Field(0.0, ge=0.0, lt=1.0, description="1 - b/a of the aperture")
     position_angle: float = Field(0.0, description="aperture major axis angle from +x (deg)")
     site: tuple[float, float, float] | None = Field(
@@ -136,6 +223,20 @@ class Settings(BaseModel):
         lt=1,
         description="leave out frames whose comparison stars give less than this fraction of "
         "the night's median flux (thick cloud); 0 keeps them all",
+    )
+    thin_cloud: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="flag (keep) frames whose comparison stars give less than this fraction of "
+        "the night's median flux (thin cloud)",
+    )
+    max_sky_ratio: float = Field(
+        3.0,
+        gt=1,
+        description="leave out frames whose sky is more than this many times the night's "
+        "median (a flashlight, dawn); frames over 1.5x their neighbours or 2x the median are "
+        "flagged bright_sky and kept",
     )
     time_keyword_is: Literal["start", "mid", "end"] = "start"
     transit: TransitSpec | None = None
@@ -214,6 +315,13 @@ class Settings(BaseModel):
             raise ValueError("annulus needs 0 < inner < outer radius")
         return v
 
+    @field_validator("annulus_fwhm")
+    @classmethod
+    def _annulus_fwhm_order(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] < v[1]:
+            raise ValueError("annulus_fwhm needs 0 < inner < outer")
+        return v
+
     @model_validator(mode="after")
     def _aperture_inside_annulus(self) -> Settings:
         if (
@@ -289,7 +397,16 @@ def make_settings(toml: str | Path | None = None, **flags: Any) -> Settings:
 
 def parse_object(text: str, default_name: str) -> ObjectSpec:
     """Parse 'NAME=X,Y', 'NAME=HH:MM:SS.s,+DD:MM:SS', 'NAME=X,Y@RA,DEC' or 'X,Y', each with an
-    optional '#MAG' catalogue magnitude (comparison stars: sets the magnitude scale)."""
+    optional '#MAG' catalogue magnitude (comparison stars: sets the magnitude scale).
+
+    A moving target adds its time and motion after ';': 'NAME=X1,Y1@JD1;X2,Y2@JD2' (pixels on
+    the exposures nearest each time; JD, MJD or ISO UTC), 'NAME=RA1,DEC1@JD1;RA2,DEC2@JD2',
+    'NAME=X,Y@JD;rate=DX,DY' (px/h) or 'NAME=RA,DEC@JD;skyrate=DRA,DDEC' (arcsec/h, DRA
+    times cos Dec).
+    """
+    first, *more = [p.strip() for p in text.split(";")]
+    if more:
+        return _parse_moving(text, first, more, default_name)
     text, _, mag = text.partition("#")
     name, _, rest = text.rpartition("=")
     name = name.strip() or default_name
@@ -317,6 +434,54 @@ def parse_object(text: str, default_name: str) -> ObjectSpec:
             raise SettingsError(
                 f"object {text!r}: catalogue magnitude {mag!r} is not a number"
             ) from None
+    try:
+        return ObjectSpec(**spec)
+    except ValidationError as exc:
+        raise SettingsError(f"object {text!r}: {exc.errors()[0]['msg']}") from None
+
+
+def _split_at_time(text: str, part: str) -> tuple[list[str], Any]:
+    """'A,B@TIME' → (['A', 'B'], time or None)."""
+    pos, _, when = part.partition("@")
+    xy = [p.strip() for p in pos.split(",")]
+    if len(xy) != 2:
+        raise SettingsError(f"object {text!r}: {pos!r} is not a position 'X,Y' or 'RA,DEC'")
+    if when and "," in when:
+        raise SettingsError(f"object {text!r}: after '@' give a time (JD or ISO), not {when!r}")
+    return xy, (when.strip() or None)
+
+
+def _parse_moving(text: str, first: str, more: list[str], default_name: str) -> ObjectSpec:
+    name, _, rest = first.rpartition("=")
+    name = name.strip() or default_name
+    xy, t1 = _split_at_time(text, rest)
+    sky = bool(_SEXA.match(xy[0]) or _SEXA.match(xy[1]))
+    spec: dict[str, Any] = {"name": name, "jd": t1}
+    try:
+        if sky:
+            spec["ra"], spec["dec"] = xy
+        else:
+            spec["x"], spec["y"] = float(xy[0]), float(xy[1])
+        if len(more) != 1:
+            raise SettingsError(f"object {text!r}: give one motion after ';'")
+        key, eq, val = more[0].partition("=")
+        if eq and key.strip() in ("rate", "skyrate"):
+            parts = [float(v) for v in val.split(",")]
+            if len(parts) != 2:
+                raise SettingsError(f"object {text!r}: {key.strip()}= needs two numbers")
+            which = ("rate_x", "rate_y") if key.strip() == "rate" else ("rate_ra", "rate_dec")
+            spec[which[0]], spec[which[1]] = parts
+        else:
+            xy2, t2 = _split_at_time(text, more[0])
+            if t2 is None:
+                raise SettingsError(f"object {text!r}: the second position needs '@TIME'")
+            spec["jd2"] = t2
+            if sky:
+                spec["ra2"], spec["dec2"] = xy2
+            else:
+                spec["x2"], spec["y2"] = float(xy2[0]), float(xy2[1])
+    except ValueError as exc:
+        raise SettingsError(f"object {text!r}: {exc}") from None
     try:
         return ObjectSpec(**spec)
     except ValidationError as exc:

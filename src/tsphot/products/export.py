@@ -85,8 +85,12 @@ def results_table(
             "ellipticity",
             "position_angle",
             "sky_median",
+            "sky_mean",
+            "sky_mode",
+            "sky",
             "sky_std",
             "sky_area",
+            "sky_masked",
             "peak",
             "saturated",
             "bad_pixel",
@@ -116,14 +120,21 @@ def results_table(
             rows["mag_err"].append(red.mag_err[fi, oi])
             rows["x"].append(c["x"][oi])
             rows["y"].append(c["y"][oi])
-            rows["aperture_radius"].append(aps.radii[k])
-            rows["annulus_inner"].append(aps.annulus[0])
-            rows["annulus_outer"].append(aps.annulus[1])
+            r_frame = c["radius"][oi, k] if "radius" in c else np.nan
+            rows["aperture_radius"].append(r_frame if np.isfinite(r_frame) else aps.radii[k])
+            ann = c["annulus"][oi] if "annulus" in c else np.full(2, np.nan)
+            ann = ann if np.isfinite(ann).all() else aps.annulus
+            rows["annulus_inner"].append(ann[0])
+            rows["annulus_outer"].append(ann[1])
             rows["ellipticity"].append(aps.ellipticity)
             rows["position_angle"].append(aps.theta_deg)
-            rows["sky_median"].append(c["sky"][oi])
+            rows["sky_median"].append(c.get("sky_median", c["sky"])[oi])
+            rows["sky_mean"].append(c.get("sky_mean", c["sky"])[oi])
+            rows["sky_mode"].append(c.get("sky_mode", c["sky"])[oi])
+            rows["sky"].append(c["sky"][oi])
             rows["sky_std"].append(c["sky_std"][oi])
             rows["sky_area"].append(int(c["n_sky"][oi]))
+            rows["sky_masked"].append(int(c.get("sky_masked", np.zeros(len(plan.objects)))[oi]))
             rows["peak"].append(c["peak"][oi])
             rows["saturated"].append(bool(c["saturated"][oi]))
             bad_px = bool(c.get("bad_pixel", np.zeros(len(plan.objects), bool))[oi])
@@ -146,8 +157,12 @@ def results_table(
         "annulus_outer": u.pix,
         "position_angle": u.deg,
         "sky_median": u.adu,
+        "sky_mean": u.adu,
+        "sky_mode": u.adu,
+        "sky": u.adu,
         "sky_std": u.adu,
         "sky_area": u.pix**2,
+        "sky_masked": u.pix**2,
         "peak": u.adu,
         "jd_utc": u.day,
         "bjd_tdb": u.day,
@@ -157,6 +172,11 @@ def results_table(
     t.meta["description"] = "tsphot per-object per-exposure photometry"
     t.meta["mag_zero_point"] = "mag = -2.5 log10(flux / exptime [e-/s]) + 25 (instrumental)"
     t.meta["mag_err"] = "CCD equation (sky noise measured in the annulus) ⊕ scintillation"
+    t.meta["sky"] = (
+        f"sky: the {getattr(plan, 'sky_method', 'median')} of the 3-sigma-clipped annulus "
+        "(sky_median, sky_mean, sky_mode = 3 median - 2 mean all given); sky_masked: annulus "
+        "pixels left out because another star lies there"
+    )
     return t
 
 
@@ -197,6 +217,11 @@ def lightcurve_table(name: str, red: Any, frames: list[FrameInfo], results: list
     t["file"] = [Path(f.path).name for f in frames]
     t["valid"] = c.valid
     outlier = c.outlier if c.outlier is not None else np.zeros(len(t), bool)
+    oi = next(i for i, o in enumerate(red.object_names) if o == name)
+    # the object's own status in each frame (saturated, off_frame, ...) when the frame was ok
+    own = [str(r.columns["obj_status"][oi]) for r in results]
+    t["saturated"] = np.array([bool(r.columns["saturated"][oi]) for r in results])
+    bright = red.bright_sky if len(red.bright_sky) else np.zeros(len(t), bool)
     t["status"] = [
         "ok"
         if v
@@ -204,11 +229,20 @@ def lightcurve_table(name: str, red: Any, frames: list[FrameInfo], results: list
         if o
         else r.status
         if r.status != "ok"
+        else s
+        if s != "ok"
         else "cloud"
         if cl
+        else "bright_sky"
+        if br
         else "excluded"
-        for v, o, r, cl in zip(c.valid, outlier, results, red.cloudy, strict=True)
+        for v, o, r, cl, s, br in zip(
+            c.valid, outlier, results, red.cloudy, own, bright, strict=True
+        )
     ]
+    # frame quality, whether or not the point is used: cloud, thin_cloud, bright_sky and why
+    t["quality"] = red.quality if red.quality else ["clear"] * len(t)
+    t["quality_reason"] = red.quality_reason if red.quality_reason else ["-"] * len(t)
     if c.fit is not None:
         model = np.full(len(t), np.nan)
         model[c.fit_mask] = c.fit.model
@@ -385,6 +419,12 @@ def run_record(
         "calibration": notes.get("calibration", []),
         "reference_frame": notes.get("reference_frame"),
         "reference_fwhm_px": notes.get("reference_fwhm_px"),
+        "moving_targets": notes.get("moving_targets", {}),
+        "frame_quality": {
+            Path(f.path).name: {"flags": q, "reason": why}
+            for f, q, why in zip(frames, red.quality, red.quality_reason, strict=False)
+            if q != "clear"
+        },
         "site_source": notes.get("site_source"),
         "airmass_source": notes.get("airmass_source"),
         "scintillation": notes.get("scintillation"),
@@ -398,6 +438,16 @@ def run_record(
             "chosen_radius_px": red.radius,
             "scatter_by_radius": red.scatter_by_radius,
             "annulus_px": list(plan.apertures.annulus),
+            "radii_fwhm": list(plan.apertures.radii_fwhm),
+            "annulus_fwhm": list(plan.apertures.annulus_fwhm or []),
+            "scaling": "per_frame"
+            if plan.apertures.per_frame
+            else "fwhm_of_reference_frame"
+            if plan.apertures.radii_fwhm
+            else "fixed_px",
+            "centroid": getattr(plan, "centroid", "com"),
+            "sky_method": getattr(plan, "sky_method", "median"),
+            "stars_masked_in_annulus": getattr(plan, "mask_xy", None) is not None,
         },
         "frames": {"total": len(frames), "by_status": statuses},
         "inputs": [

@@ -100,7 +100,7 @@ def build_report(run_dir: str | Path, pictures: list[Path] | None = None) -> str
             return f"{p[k]:.6f}" if k == "t0" else f"{p[k]:.6g}"
 
         fit_txt = ", ".join(
-            f"{k} = {val(k)} ± {e[k]:.2g}" if k in e else f"{k} = {val(k)}"
+            f"{k} = {val(k)} ± {e[k]:.2g}" if e.get(k) is not None else f"{k} = {val(k)}"
             for k in ("t0", "depth", "rp", "a", "inc")
             if k in p
         )

@@ -77,6 +77,12 @@ class SimConfig:
     ccd_temp: float = -10.0  # deg C
     filter: str = "V"
     object_name: str = "SIMFIELD"
+    # A moving asteroid (star "AST", role "asteroid", the last special star), off by default.
+    asteroid: bool = False
+    asteroid_mag: float = 12.0  # mean magnitude
+    asteroid_rate: tuple[float, float] = (40.0, -15.0)  # px/h across the sky (frame-0 pixels)
+    asteroid_period_h: float = 1.5  # rotation period (h)
+    asteroid_amplitude: float = 0.3  # peak-to-peak of the double-peaked rotation curve (mag)
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-ready dict."""
@@ -109,6 +115,7 @@ class SimConfig:
                 self.cloud_frame is None or 0 <= self.cloud_frame < self.n_frames,
                 "cloud_frame must be a frame index",
             ),
+            (self.asteroid_period_h > 0, "asteroid_period_h must be positive"),
         ]
         for ok, msg in checks:
             if not ok:

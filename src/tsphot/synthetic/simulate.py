@@ -128,7 +128,18 @@ def _special_stars(cfg: SimConfig, rng: np.random.Generator) -> list[dict[str, A
         stars.append({"name": f"C{i + 1}", "role": "comparison", "mag": t + rng.uniform(-0.8, 1.0)})
     stars.append({"name": "CHK", "role": "check", "mag": t + rng.uniform(-0.3, 0.5)})
     stars.append({"name": "SAT", "role": "saturated", "mag": t - 3.5})
+    if cfg.asteroid:
+        stars.append({"name": "AST", "role": "asteroid", "mag": cfg.asteroid_mag})
     return stars
+
+
+def _asteroid_lightcurve(cfg: SimConfig, t_h: np.ndarray) -> np.ndarray:
+    """Flux factor of the asteroid's rotation: a double-peaked curve (two maxima per turn, as an
+    elongated body gives) with a weaker single-peaked term for its uneven shape; mean 0 mag."""
+    ph = 2 * np.pi * np.asarray(t_h, dtype=float) / cfg.asteroid_period_h
+    half = 0.5 * cfg.asteroid_amplitude
+    dmag = half * np.cos(2 * ph) + 0.15 * half * np.cos(ph + 1.0)
+    return 10 ** (-0.4 * dmag)
 
 
 def _place_special(
@@ -507,7 +518,30 @@ def simulate_night(
     sxy = _place_special(cfg, special, frng)
     smag = np.array([s["mag"] for s in special])
     n_field = cfg.n_stars - len(special)
-    fxy, fmag = _field_stars(cfg, n_field, sxy, smag, frng)
+    # The asteroid is placed at mid-night (isolated like the other special stars) and moves
+    # at asteroid_rate px/h across the sky (frame-0 pixels).
+    t_h = (t_mid - t_mid[0]).to_value(u.hour)
+    ast = len(special) - 1 if cfg.asteroid else -1
+    ast_sky = np.zeros((n, 2))
+    keep_xy, keep_mag = sxy, smag
+    if cfg.asteroid:
+        ast_sky = sxy[ast] + np.outer(t_h - 0.5 * t_h[-1], cfg.asteroid_rate)
+        nx_, ny_ = cfg.size
+        if not (
+            (ast_sky[:, 0] > 10).all()
+            and (ast_sky[:, 0] < nx_ - 11).all()
+            and (ast_sky[:, 1] > 10).all()
+            and (ast_sky[:, 1] < ny_ - 11).all()
+        ):
+            raise ValueError("SimConfig: the asteroid's track leaves the frame; lower its rate")
+        step = max(1, int(n / 20))
+        keep_xy = np.vstack([sxy, ast_sky[::step]])
+        # track points count as stars 3 mag fainter than the asteroid: no field star within
+        # 6 mag of it (0.4 % of its flux) comes within 25 px, so the truth is its own light
+        keep_mag = np.concatenate([smag, np.full(len(ast_sky[::step]), cfg.asteroid_mag + 3)])
+        sxy = sxy.copy()
+        sxy[ast] = ast_sky[0]
+    fxy, fmag = _field_stars(cfg, n_field, keep_xy, keep_mag, frng)
     xy0 = np.vstack([sxy, fxy])
     mags = np.concatenate([smag, fmag])
     names = [s["name"] for s in special] + [f"F{i + 1:04d}" for i in range(n_field)]
@@ -574,6 +608,8 @@ def simulate_night(
     )
     astro = np.ones((n, n_st))
     astro[:, 0] = _transit_model(cfg, bjd - t0_bjd, a_rs, inc)
+    if cfg.asteroid:
+        astro[:, ast] = _asteroid_lightcurve(cfg, t_h)
     astro[:, var_comp] = 1.0 + cfg.variable_comp_amp * np.sin(
         2 * np.pi * (bjd - bjd[0]) / var_period + var_phase
     )
@@ -588,6 +624,10 @@ def simulate_night(
     u0, v0 = xy0[:, 0] - centre_px[0], xy0[:, 1] - centre_px[1]
     xk = np.cos(th)[:, None] * u0 - np.sin(th)[:, None] * v0 + centre_px[0] + dxy[:, :1]
     yk = np.sin(th)[:, None] * u0 + np.cos(th)[:, None] * v0 + centre_px[1] + dxy[:, 1:]
+    if cfg.asteroid:  # its sky position moves; the frame's rotation and drift apply as to stars
+        ua, va = ast_sky[:, 0] - centre_px[0], ast_sky[:, 1] - centre_px[1]
+        xk[:, ast] = np.cos(th) * ua - np.sin(th) * va + centre_px[0] + dxy[:, 0]
+        yk[:, ast] = np.sin(th) * ua + np.cos(th) * va + centre_px[1] + dxy[:, 1]
     ext = 10 ** (-0.4 * cfg.extinction * airmass)
     flux_nos = flux_s[None, :] * cfg.exptime * ext[:, None] * transparency[:, None] * astro
     flux_e = np.empty_like(flux_nos)
@@ -676,6 +716,7 @@ def simulate_night(
         "variable_comp": var_comp,
         "check": names.index("CHK"),
         "saturated": names.index("SAT"),
+        "asteroid": ast,
     }
     stars_t = Table()
     stars_t["id"] = np.arange(n_st, dtype=np.int32)
@@ -809,6 +850,19 @@ def simulate_night(
         "zero_point": cfg.zero_point,
         "roles": roles_map,
         "transit": transit,
+        "asteroid": {
+            "star": ast,
+            "mag": cfg.asteroid_mag,
+            "rate_px_per_h": list(cfg.asteroid_rate),
+            "period_h": cfg.asteroid_period_h,
+            "amplitude_mag": cfg.asteroid_amplitude,
+            "t_ref_jd_utc": float(jd_mid[0]),
+            "formula": "flux factor 10**(-0.4 dmag), dmag = A/2 cos(2 ph) + 0.15 A/2 cos(ph + 1), "
+            "ph = 2 pi (jd - t_ref) * 24 / period_h; the track is in frame-0 sky pixels "
+            "(truth_frames x, y give it in each frame's pixels); no trailing within an exposure",
+        }
+        if cfg.asteroid
+        else None,
         "variable": {
             "star": var_comp,
             "amplitude": cfg.variable_comp_amp,

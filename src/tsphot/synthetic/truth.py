@@ -80,6 +80,12 @@ class Truth:
         return int(self.meta["roles"]["saturated"])
 
     @property
+    def asteroid(self) -> int | None:
+        """Star id of the moving asteroid AST, or None when the night has none."""
+        i = self.meta["roles"].get("asteroid", -1)
+        return None if i is None or i < 0 else int(i)
+
+    @property
     def transit(self) -> dict[str, Any]:
         """Transit parameters (t0_bjd_tdb, t0_jd_utc, depth, rp, a_rs, inc_deg, period_d, ...)."""
         return self.meta["transit"]
