@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tsphot import calibrate, detect, ingest, measure, noise, register, store
+from tsphot import field as field_mode
 from tsphot.errors import FrameError, InputError, SettingsError, TsphotError
 from tsphot.executors import Executor
 from tsphot.ingest import FrameInfo
@@ -267,9 +268,8 @@ def _measure_field(data: np.ndarray, raw: np.ndarray, tr: Any, plan: Plan) -> di
     x, y = tr(plan.field_xy[:, 0], plan.field_xy[:, 1])
     inside = (x >= 0) & (x <= nx - 1) & (y >= 0) & (y <= ny - 1)
     x, y, _ = measure.recentre(data, x, y, plan.centroid_box, plan.max_shift)
-    m = measure.measure_stars(
-        data, x, y, plan.apertures, plan.gain, raw=raw, saturation=plan.saturation
-    )
+    # measure_stars' apertures and errors, sky from the frame's background map (cheap)
+    m = field_mode.photometry(data, x, y, plan.apertures, plan.gain, plan.saturation, raw=raw)
     st = np.array(["ok"] * len(x), dtype=object)
     st[(x < r_out) | (x > nx - 1 - r_out) | (y < r_out) | (y > ny - 1 - r_out)] = "near_edge"
     st[~inside] = "off_frame"
@@ -623,9 +623,7 @@ def _stages(
     reduced = differential.reduce(settings, frames, plan, results, notes)
     field_res = None
     if plan.field_xy is not None:
-        from tsphot import field
-
-        field_res = field.reduce_field(settings, plan, results, reduced, notes)
+        field_res = field_mode.reduce_field(settings, plan, results, reduced, notes)
     summary = export.write_products(settings, frames, plan, results, reduced, notes, out)
     summary["frames_resumed"] = notes["resumed_frames"]
     if field_res is not None:
