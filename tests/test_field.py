@@ -180,3 +180,24 @@ def test_rms_follows_the_noise_model_for_constant_stars(field_night):
     const = (~f["candidate"]) & (f["role"] == "field") & (f["n_points"] > 40)
     ratio = np.asarray(f["rms"][const] / f["expected_rms"][const])
     assert np.median(ratio) == pytest.approx(1.0, abs=0.12), ratio
+
+
+def test_shared_red_noise_is_calibrated_out_of_the_von_neumann_test():
+    """Every star shares a slow trend of its own noise size: without the field's own
+    calibration the von Neumann test would flag most of them."""
+    alpha = 0.01
+    n, n_s = 100, 2000
+    rng = np.random.default_rng(8)
+    t = np.linspace(0, 1, n)
+    phase = rng.uniform(0, 2 * np.pi, n_s)  # the same size of trend, a different phase each
+    trend = 0.006 * np.sin(2 * np.pi * t[:, None] + phase[None, :])
+    dm = trend + rng.normal(0, 0.01, (n, n_s))
+    de = np.full(dm.shape, 0.01)
+    ind = field.variability_indices(dm, de, np.ones(dm.shape, bool))
+    mag = np.linspace(10, 15, n_s)
+    scale = field.excess_scale(mag, ind["chi2_red"])
+    centre, spread = field.von_neumann_calibration(mag, ind["von_neumann_z"])
+    assert np.median(centre) < -0.5 and np.median(spread) > 1.0
+    cand, _, _ = field.candidates(ind, scale, alpha, centre, spread)
+    raw, _, _ = field.candidates(ind, scale, alpha)
+    assert cand.sum() < 0.05 * n_s < raw.sum()

@@ -20,7 +20,8 @@ constant star is flagged with probability ≤ α): the chi-square of a constant,
 first scaled by the field's own excess (the running median of chi2_red over stars of similar
 magnitude, when above 1: most stars are constant, so this calibrates errors the noise model
 misses, e.g. flat-field errors of bright stars), and the von Neumann ratio (time-correlated
-variation the chi-square dilutes).
+variation the chi-square dilutes), its z-score likewise centred and scaled by the running
+median and MAD of the field's z-scores when those show shared correlated noise.
 
 The noise model's prediction line for the RMS–magnitude plot is the stars' predicted
 variance fitted as a/F + b/F² + c in the flux F (photon, background and constant terms).
@@ -227,35 +228,64 @@ def variability_indices(dm: np.ndarray, de: np.ndarray, valid: np.ndarray) -> di
     }
 
 
+def _running(mag: np.ndarray, values: np.ndarray, per_bin: int, stat: Any) -> np.ndarray:
+    """stat() of values over the per_bin stars nearest in magnitude to each star (NaN-safe)."""
+    ok = np.isfinite(mag) & np.isfinite(values)
+    out = np.full(mag.size, np.nan)
+    if ok.sum() < 5:
+        return out
+    order = np.flatnonzero(ok)[np.argsort(mag[ok])]
+    k = max(5, min(per_bin, order.size))
+    for i in range(order.size):
+        lo = min(max(0, i - k // 2), order.size - k)
+        out[order[i]] = stat(values[order[lo : lo + k]])
+    return out
+
+
 def excess_scale(mag: np.ndarray, chi2_red: np.ndarray, per_bin: int = 25) -> np.ndarray:
     """Each star's error scale: running median of chi2_red over stars of similar magnitude, ≥ 1.
 
     Most stars are constant, so the median tells how far the noise model falls short at that
     brightness; variables are a minority and barely move a median.
     """
-    ok = np.isfinite(mag) & np.isfinite(chi2_red)
-    scale = np.ones(mag.size)
-    if ok.sum() < 5:
-        return scale
-    order = np.flatnonzero(ok)[np.argsort(mag[ok])]
-    k = max(5, min(per_bin, order.size))
-    med = np.empty(order.size)
-    for i in range(order.size):
-        lo = min(max(0, i - k // 2), order.size - k)
-        med[i] = np.median(chi2_red[order[lo : lo + k]])
-    scale[order] = np.maximum(med, 1.0)
-    return scale
+    med = _running(mag, chi2_red, per_bin, np.median)
+    return np.where(np.isfinite(med), np.maximum(med, 1.0), 1.0)
+
+
+def von_neumann_calibration(
+    mag: np.ndarray, z: np.ndarray, per_bin: int = 25
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (≤ 0) and spread (≥ 1) of the von Neumann z-scores of stars of similar magnitude.
+
+    White noise gives 0 and 1. Slow systematics shared by many stars (extinction colour terms,
+    flat-field errors as the field drifts) pull every star's ratio below 2; measured on the
+    field itself, that shift and widening is taken out before a star is called variable.
+    """
+    centre = _running(mag, z, per_bin, np.median)
+
+    def spread_of(v: np.ndarray) -> float:
+        return float(1.4826 * np.median(np.abs(v - np.median(v))))
+
+    spread = _running(mag, z, per_bin, spread_of)
+    centre = np.where(np.isfinite(centre), np.minimum(centre, 0.0), 0.0)
+    spread = np.where(np.isfinite(spread), np.maximum(spread, 1.0), 1.0)
+    return centre, spread
 
 
 def candidates(
-    ind: dict[str, np.ndarray], scale: np.ndarray, alpha: float
+    ind: dict[str, np.ndarray],
+    scale: np.ndarray,
+    alpha: float,
+    vn_centre: np.ndarray | float = 0.0,
+    vn_spread: np.ndarray | float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate flags and the two p-values (chi-square, von Neumann), each test at alpha/2."""
     n = ind["n_points"]
     dof = np.maximum(n - 1, 1)
     with np.errstate(invalid="ignore"):
         p_chi2 = np.where(n >= 4, stats.chi2.sf(ind["chi2"] / scale, dof), np.nan)
-        p_vn = np.where(n >= 8, stats.norm.cdf(ind["von_neumann_z"]), np.nan)
+        z = (ind["von_neumann_z"] - vn_centre) / vn_spread
+        p_vn = np.where(n >= 8, stats.norm.cdf(z), np.nan)
     cand = (np.nan_to_num(p_chi2, nan=1.0) < alpha / 2) | (np.nan_to_num(p_vn, nan=1.0) < alpha / 2)
     return cand, p_chi2, p_vn
 
@@ -311,8 +341,11 @@ def analyse(
     with np.errstate(all="ignore"):
         mag = np.nanmedian(np.where(np.isfinite(mag_inst), mag_inst, np.nan), axis=0)
     scale = excess_scale(mag, ind["chi2_red"])
-    cand, p_chi2, p_vn = candidates(ind, scale, alpha)
+    vn_c, vn_s = von_neumann_calibration(mag, ind["von_neumann_z"])
+    cand, p_chi2, p_vn = candidates(ind, scale, alpha, vn_c, vn_s)
     ind["noise_scale"] = scale
+    ind["von_neumann_z_centre"] = vn_c
+    ind["von_neumann_z_spread"] = vn_s
     ind["p_chi2"] = p_chi2
     ind["p_von_neumann"] = p_vn
     grid, pred = noise_model_line(mag, ind["expected"], exptime)

@@ -37,6 +37,8 @@ def field_table(fr: FieldResult) -> QTable:
     t["p_chi2"] = ind["p_chi2"]
     t["von_neumann"] = ind["von_neumann"]
     t["von_neumann_z"] = ind["von_neumann_z"]
+    t["von_neumann_z_centre"] = ind["von_neumann_z_centre"]
+    t["von_neumann_z_spread"] = ind["von_neumann_z_spread"]
     t["p_von_neumann"] = ind["p_von_neumann"]
     t["stetson_j"] = ind["stetson_j"]
     t["candidate"] = fr.candidate
@@ -47,7 +49,9 @@ def field_table(fr: FieldResult) -> QTable:
     t.meta["expected_rms"] = "rms the error bars predict (CCD equation, scintillation, ensemble)"
     t.meta["candidate"] = (
         f"p_chi2 or p_von_neumann below half the false-alarm rate {fr.false_alarm:g}; "
-        "chi2 after dividing by noise_scale (running median of chi2_red at that magnitude, >= 1)"
+        "chi2 after dividing by noise_scale (running median of chi2_red at that magnitude, "
+        ">= 1); von Neumann z after subtracting von_neumann_z_centre and dividing by "
+        "von_neumann_z_spread (running median and MAD of the field's z at that magnitude)"
     )
     t.meta["notes"] = fr.notes
     return t
