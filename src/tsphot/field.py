@@ -39,8 +39,6 @@ from scipy import stats
 from tsphot import ensemble
 
 MAG_ZERO_POINT = 25.0
-# as in measure.py: a median of n values has π/2 times the variance of their mean
-_MEDIAN_VAR_FACTOR = np.pi / 2
 
 
 @dataclass
@@ -75,6 +73,75 @@ def _cutouts(data: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.
     return padded[rows, cols]
 
 
+MAX_SKY_PIXELS = 400  # field stars' sky: enough pixels for the median, cheap for many stars
+_CLIP3_STD_FACTOR = 0.98664  # as measure.py: a ±3σ-clipped Gaussian's std shrinks by this
+_MEDIAN_VAR_FACTOR = np.pi / 2  # a median of n values has π/2 times the variance of the mean
+
+
+def sky_ring(
+    data: np.ndarray, x: np.ndarray, y: np.ndarray, r_in: float, r_out: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Iterated 3σ-clipped median sky of each star's annulus (ADU/px), its noise, pixel count.
+
+    The estimator of measure.annulus_sky, made cheap for hundreds of stars: the ring is the
+    pixels whose integer offset from the star's nearest pixel lies within [r_in, r_out] (the
+    sub-pixel edge is not traced; beyond MAX_SKY_PIXELS only every other pixel, as on a
+    checkerboard), gathered in one indexing step; each star's values are sorted once, after
+    which clipping about the median keeps an interval of the sorted values, so every
+    iteration needs two counts and prefix sums for the mean and variance.
+    """
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    n = len(x)
+    if n == 0:
+        return np.empty(0), np.empty(0), np.zeros(0, int)
+    half = int(np.ceil(r_out))
+    oy, ox = np.mgrid[-half : half + 1, -half : half + 1]
+    rr = np.hypot(ox, oy)
+    ring = (rr >= r_in) & (rr <= r_out)
+    if ring.sum() > MAX_SKY_PIXELS:  # a checkerboard over the whole annulus: half the cost
+        ring &= (ox + oy) % 2 == 0
+    dy, dx = oy[ring], ox[ring]
+    ny, nx = data.shape
+    pad = half + 1
+    padded = np.pad(np.asarray(data, float), pad, constant_values=np.nan)
+    ix = np.clip(np.round(np.nan_to_num(x)).astype(int), -1, nx)
+    iy = np.clip(np.round(np.nan_to_num(y)).astype(int), -1, ny)
+    vals = padded[iy[:, None] + dy[None, :] + pad, ix[:, None] + dx[None, :] + pad]
+    srt = np.sort(np.where(np.isfinite(vals), vals, np.inf), axis=1)
+    c = np.isfinite(vals).sum(axis=1)
+    rows = np.arange(n)
+    last = srt.shape[1] - 1
+    shift = np.where(c > 0, srt[rows, np.clip((c - 1) // 2, 0, last)], 0.0)
+    d = np.where(np.isfinite(srt), srt - shift[:, None], 0.0)
+    cs1 = np.concatenate([np.zeros((n, 1)), np.cumsum(d, axis=1)], axis=1)
+    cs2 = np.concatenate([np.zeros((n, 1)), np.cumsum(d * d, axis=1)], axis=1)
+
+    def stats(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        k = hi - lo
+        med = 0.5 * (
+            srt[rows, np.clip(lo + (k - 1) // 2, 0, last)]
+            + srt[rows, np.clip(lo + k // 2, 0, last)]
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (cs1[rows, hi] - cs1[rows, lo]) / k
+            var = (cs2[rows, hi] - cs2[rows, lo]) / k - mean**2
+        return med, np.sqrt(np.clip(var, 0, None)), k
+
+    lo, hi = np.zeros(n, int), c.copy()
+    for _ in range(5):
+        med, std, _ = stats(lo, hi)
+        with np.errstate(invalid="ignore"):
+            new_lo = (srt < (med - 3.0 * std)[:, None]).sum(axis=1)
+            new_hi = np.minimum((srt <= (med + 3.0 * std)[:, None]).sum(axis=1), c)
+        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+            break
+        lo, hi = new_lo, new_hi
+    med, std, count = stats(lo, hi)
+    few = count < 10
+    return np.where(few, np.nan, med), np.where(few, np.nan, std / _CLIP3_STD_FACTOR), count
+
+
 def photometry(
     data: np.ndarray,
     x: np.ndarray,
@@ -83,36 +150,21 @@ def photometry(
     gain: float,
     saturation: float | None = None,
     raw: np.ndarray | None = None,
-    mesh: int = 64,
 ) -> dict[str, np.ndarray]:
-    """Aperture fluxes and CCD-equation errors (e-) of many stars, sky from a background map.
-
-    Field mode measures hundreds of stars in every frame, so a clipped median of each star's
-    annulus (measure.measure_stars, ~1 ms a star) would cost more than the rest of the run.
-    Here the sky under each star and its noise per pixel come from one smooth background map
-    of the frame (sep, meshes of ``mesh`` px, objects clipped) — tens of milliseconds for the
-    whole frame. The map averages thousands of pixels, so the error of the sky level itself
-    is small; it is counted as that of a median over one mesh.
-    """
+    """measure.measure_stars' fluxes and errors (e-) for hundreds of stars, at a fraction of
+    the cost: same apertures (sep, exact overlap) and CCD equation, sky from `sky_ring`."""
     import sep
 
     x = np.ascontiguousarray(x, float)
     y = np.ascontiguousarray(y, float)
     n, nr = len(x), len(ap.radii)
+    sky, sky_std, n_sky = sky_ring(data, x, y, *ap.annulus)
     img = np.ascontiguousarray(data, dtype=np.float64)
     finite = np.isfinite(img)
     mask = None if finite.all() else ~finite
     if mask is not None:
-        img = np.where(finite, img, np.nanmedian(img))
-    img32 = img.astype(np.float32)
-    bkg = sep.Background(img32, mask=mask, bw=mesh, bh=mesh, fw=3, fh=3)
+        img = np.where(finite, img, 0.0)
     ny, nx = img.shape
-    inside = (x >= 0) & (x <= nx - 1) & (y >= 0) & (y <= ny - 1)
-    ix = np.clip(np.round(np.nan_to_num(x)).astype(int), 0, nx - 1)
-    iy = np.clip(np.round(np.nan_to_num(y)).astype(int), 0, ny - 1)
-    sky = np.where(inside, bkg.back()[iy, ix], np.nan).astype(float)
-    sky_std = np.where(inside, bkg.rms()[iy, ix], np.nan).astype(float)
-    n_sky = np.full(n, mesh * mesh)
     flux = np.full((n, nr), np.nan)
     err = np.full((n, nr), np.nan)
     theta = np.radians(ap.theta_deg)
@@ -124,13 +176,15 @@ def photometry(
         else:
             s, _, _ = sep.sum_circle(img, x, y, r, mask=mask, subpix=0)
         a = float(np.pi * r * r * (1.0 - ap.ellipticity))
-        flux[:, k] = np.where(inside, (s - sky * a) * gain, np.nan)
+        flux[:, k] = (s - sky * a) * gain
         with np.errstate(invalid="ignore", divide="ignore"):
             var = np.clip(flux[:, k], 0, None) + a * var_sky_e
             var = var + a * a * var_sky_e * _MEDIAN_VAR_FACTOR / n_sky
         err[:, k] = np.sqrt(var)
     src = raw if raw is not None else data
     half = int(np.ceil(max(ap.radii)))
+    ix = np.clip(np.round(np.nan_to_num(x)).astype(int), -1, nx)
+    iy = np.clip(np.round(np.nan_to_num(y)).astype(int), -1, ny)
     off = np.arange(-half, half + 1, dtype=float)
     r2 = ((ix - x)[:, None, None] + off[None, None, :]) ** 2 + (
         (iy - y)[:, None, None] + off[None, :, None]
@@ -139,7 +193,7 @@ def photometry(
         cut = np.where(r2 <= max(ap.radii) ** 2, _cutouts(src, ix, iy, half), np.nan)
         cut = cut.reshape(n, -1)
         peak = np.max(np.where(np.isfinite(cut), cut, -np.inf), axis=1)
-    peak = np.where(np.isfinite(peak) & inside, peak, np.nan)
+    peak = np.where(np.isfinite(peak), peak, np.nan)
     saturated = peak >= saturation if saturation is not None else np.zeros(n, bool)
     return {"flux": flux, "flux_err": err, "sky": sky, "sky_std": sky_std, "n_sky": n_sky,
             "peak": peak, "saturated": saturated}  # fmt: skip
