@@ -201,3 +201,31 @@ def test_shared_red_noise_is_calibrated_out_of_the_von_neumann_test():
     cand, _, _ = field.candidates(ind, scale, alpha, centre, spread)
     raw, _, _ = field.candidates(ind, scale, alpha)
     assert cand.sum() < 0.05 * n_s < raw.sum()
+
+
+def test_field_photometry_agrees_with_measure_stars(tmp_path):
+    """The cheap field photometry against the reference path on a simulated frame."""
+    from astropy.io import fits
+
+    from tsphot import detect, measure
+
+    cfg = synthetic.SimConfig(n_frames=1, size=(256, 256), n_stars=60, seed=5, clouds=False)
+    synthetic.simulate_night(tmp_path / "n", cfg)
+    data = fits.getdata(tmp_path / "n" / "raw" / "sci_0000.fits").astype(float) - cfg.bias_level
+    src = detect.find_sources(data, 5.0)
+    ap = measure.Apertures((4.0, 6.0), (12.0, 20.0))
+    ref = measure.measure_stars(data, src.x, src.y, ap, cfg.gain, saturation=65000)
+    got = field.photometry(data, src.x, src.y, ap, cfg.gain, 65000)
+    ok = np.isfinite(ref["flux"][:, 1]) & np.isfinite(got["flux"][:, 1])
+    assert ok.sum() > 20
+    # the sky: same estimator on half the ring's pixels, so within its own error of the median
+    dsky = (got["sky"] - ref["sky"])[ok]
+    sky_err = ref["sky_std"][ok] * np.sqrt(np.pi / 2 / got["n_sky"][ok])
+    assert np.median(np.abs(dsky / sky_err)) < 1.5
+    assert np.abs(dsky / sky_err).max() < 6
+    # fluxes within their errors; errors a little larger (the sky median of half the pixels)
+    z = ((got["flux"] - ref["flux"]) / ref["flux_err"])[ok]
+    assert np.abs(z).max() < 3
+    ratio = np.median(got["flux_err"][ok] / ref["flux_err"][ok])
+    assert 1.0 <= ratio < 1.12
+    assert np.array_equal(got["peak"], ref["peak"], equal_nan=True)
