@@ -6,6 +6,8 @@ the night's comparison ensemble (``ensemble.differential``; a comparison star ge
 leave-one-out curve). For every star:
 
 - ``rms``: scatter of its differential magnitudes (mag) about their weighted mean;
+- ``p2p_rms``: the white-noise part of that scatter, from point-to-point differences (robust;
+  slow trends and variability over many points cancel), as the noise budget measures it;
 - ``expected``: the rms its error bars predict (CCD equation ⊕ scintillation ⊕ ensemble);
 - ``chi2_red``: reduced chi-square of a constant;
 - ``von_neumann``: the von Neumann ratio η = mean square successive difference / variance
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from tsphot import ensemble
+from tsphot import ensemble, noise
 
 MAG_ZERO_POINT = 25.0
 
@@ -251,6 +253,7 @@ def variability_indices(dm: np.ndarray, de: np.ndarray, valid: np.ndarray) -> di
         chi2 = (r**2 * w).sum(axis=0)
         chi2_red = chi2 / (n - 1)
     n_s = dm.shape[1]
+    p2p = np.full(n_s, np.nan)
     vn = np.full(n_s, np.nan)
     vn_z = np.full(n_s, np.nan)
     sj = np.full(n_s, np.nan)
@@ -260,6 +263,7 @@ def variability_indices(dm: np.ndarray, de: np.ndarray, valid: np.ndarray) -> di
         if m < 4:
             continue
         rj = r[idx, j]
+        p2p[j] = math.sqrt(noise.robust_white_var(rj))
         xj = rj / de[idx, j]  # normalised: points with larger errors count less
         xj = xj - xj.mean()
         ss = (xj**2).sum()
@@ -273,6 +277,7 @@ def variability_indices(dm: np.ndarray, de: np.ndarray, valid: np.ndarray) -> di
     return {
         "n_points": n,
         "rms": np.where(n >= 2, rms, np.nan),
+        "p2p_rms": p2p,
         "expected": np.where(n >= 1, expected, np.nan),
         "chi2": np.where(n >= 2, chi2, np.nan),
         "chi2_red": chi2_red,

@@ -31,6 +31,7 @@ def field_table(fr: FieldResult) -> QTable:
     t["mag"] = fr.mag * u.mag
     t["n_points"] = ind["n_points"]
     t["rms"] = ind["rms"] * u.mag
+    t["p2p_rms"] = ind["p2p_rms"] * u.mag
     t["expected_rms"] = ind["expected"] * u.mag
     t["chi2_red"] = ind["chi2_red"]
     t["noise_scale"] = ind["noise_scale"]
@@ -46,6 +47,7 @@ def field_table(fr: FieldResult) -> QTable:
     t.meta["description"] = "tsphot field mode: one row per star measured on every frame"
     t.meta["mag"] = "median instrumental magnitude, -2.5 log10(e-/s) + 25"
     t.meta["rms"] = "scatter of the differential magnitude about its weighted mean"
+    t.meta["p2p_rms"] = "white-noise scatter from point-to-point differences (robust, MAD)"
     t.meta["expected_rms"] = "rms the error bars predict (CCD equation, scintillation, ensemble)"
     t.meta["candidate"] = (
         f"p_chi2 or p_von_neumann below half the false-alarm rate {fr.false_alarm:g}; "
