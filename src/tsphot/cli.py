@@ -121,6 +121,17 @@ def _parser() -> argparse.ArgumentParser:
         help="write calibrated frames (provenance in their headers) to OUT/calibrated",
     )
     r.add_argument(
+        "--all-stars",
+        action="store_true",
+        help="field mode: light curves and variability indices of every star (field.ecsv)",
+    )
+    r.add_argument("--field-snr", type=float, help="field mode: faintest star's S/N (10)")
+    r.add_argument(
+        "--field-fap",
+        type=float,
+        help="field mode: false-alarm rate of a constant star flagged as variable (0.001)",
+    )
+    r.add_argument(
         "--executor",
         choices=["serial", "processes", "dask"],
         help="serial, a local process pool (default) or Dask (a local cluster unless --scheduler)",
@@ -362,6 +373,9 @@ def _cmd_run(a: argparse.Namespace) -> int:
         "thin_cloud": a.thin_cloud,
         "max_sky_ratio": a.max_sky_ratio,
         "outlier_sigma": a.outlier_sigma,
+        "all_stars": a.all_stars or None,
+        "field_snr": a.field_snr,
+        "field_false_alarm": a.field_fap,
         "workers": a.workers,
         "scheduler": a.scheduler,
         "executor": "dask" if a.scheduler and not a.executor else a.executor,

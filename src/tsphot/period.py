@@ -422,7 +422,7 @@ def _scaled_aliases(
     chi2_best: float,
     step: float,
     threshold: float,
-    max_aliases: int = 12,
+    max_aliases: int = 40,
     refine: bool = True,
 ) -> list[Alias]:
     out: list[Alias] = []

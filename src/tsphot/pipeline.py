@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tsphot import calibrate, detect, ingest, measure, noise, register, store
+from tsphot import field as field_mode
 from tsphot.errors import FrameError, InputError, SettingsError, TsphotError
 from tsphot.executors import Executor
 from tsphot.ingest import FrameInfo
@@ -72,6 +73,7 @@ class Plan:
     mask_peak: np.ndarray | None = None
     mask_noise: float = float("nan")
     mask_stars: bool = True  # leave the mask_xy stars out of sky annuli
+    field_xy: np.ndarray | None = None  # field mode: every other star on the reference (px)
 
 
 def object_positions(plan: Plan, jd: float) -> tuple[np.ndarray, np.ndarray]:
@@ -276,6 +278,8 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         st[(st == "ok") & ~np.isfinite(m["flux"][:, 0])] = "no_flux"
         _flag_nonfinite(data, x, y, max(plan.apertures.radii), st, cols)
         cols["obj_status"] = st
+        if plan.field_xy is not None and len(plan.field_xy):
+            cols.update(_measure_field(data, raw, tr, plan))
     except (FrameError, InputError) as exc:
         res.status = "unregistered" if "register" in str(exc) else "bad_frame"
         res.reason = str(exc)
@@ -318,6 +322,69 @@ def _flag_nonfinite(
                 "left out of this frame's photometry"
             )
     cols["obj_reason"] = reasons
+
+
+def _measure_field(data: np.ndarray, raw: np.ndarray, tr: Any, plan: Plan) -> dict:
+    """Field mode: the same vectorised photometry for every other star on the reference."""
+    ny, nx = data.shape
+    r_out = plan.apertures.annulus[1]
+    x, y = tr(plan.field_xy[:, 0], plan.field_xy[:, 1])
+    inside = (x >= 0) & (x <= nx - 1) & (y >= 0) & (y <= ny - 1)
+    # No recentring: the frame's transform, fitted to the bright stars, places them well, and
+    # recentring moves only stars far above the field's limit. measure_stars' apertures, sky
+    # estimator and errors, made cheap for many stars:
+    m = field_mode.photometry(data, x, y, plan.apertures, plan.gain, plan.saturation, raw=raw)
+    st = np.array(["ok"] * len(x), dtype=object)
+    st[(x < r_out) | (x > nx - 1 - r_out) | (y < r_out) | (y > ny - 1 - r_out)] = "near_edge"
+    st[~inside] = "off_frame"
+    st[(st == "ok") & m["saturated"]] = "saturated"
+    st[(st == "ok") & ~np.isfinite(m["flux"][:, 0])] = "no_flux"
+    return {
+        "field_x": x,
+        "field_y": y,
+        "field_flux": m["flux"],
+        "field_flux_err": m["flux_err"],
+        "field_status": st,
+    }
+
+
+def _field_stars(
+    src: detect.Sources,
+    objects: list[PlanObject],
+    shape: tuple[int, int],
+    r_ap: float,
+    r_out: float,
+    fwhm: float,
+    gain: float,
+    saturation: float,
+    min_snr: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Field mode: reference-frame stars above min_snr, off the planned objects; S/N, blended."""
+    ny, nx = shape
+    flux_e = np.clip(src.flux, 0, None) * gain
+    area = np.pi * r_ap**2
+    snr = flux_e / np.sqrt(flux_e + area * (src.background_rms * gain) ** 2)
+    keep = snr >= min_snr
+    keep &= (src.peak + src.background) < 0.95 * saturation
+    keep &= (src.x > r_out) & (src.x < nx - 1 - r_out) & (src.y > r_out) & (src.y < ny - 1 - r_out)
+    for o in objects:
+        keep &= np.hypot(src.x - o.x, src.y - o.y) > r_ap
+    from scipy.stats import rice
+
+    idx = np.flatnonzero(keep)
+    xy = np.column_stack([src.x, src.y])
+    # Light of each neighbour inside the aperture: a Gaussian PSF offset by d puts the fraction
+    # rice.cdf(r/σ, d/σ) inside radius r; σ is widened 1.5× for the wings of real PSFs. More
+    # than 1 % of the star's own light means seeing changes move flux in and out: blended.
+    sig = 1.5 * fwhm / 2.3548
+    own = rice.cdf(r_ap / sig, 0.0)
+    blended = np.zeros(idx.size, bool)
+    for k, i in enumerate(idx):
+        d = np.hypot(xy[:, 0] - xy[i, 0], xy[:, 1] - xy[i, 1])
+        near = (d > 0) & (d < r_ap + 6 * sig)
+        leak = float(np.sum(np.clip(src.flux[near], 0, None) * rice.cdf(r_ap / sig, d[near] / sig)))
+        blended[k] = leak > 0.01 * max(float(src.flux[i]), 1e-9) * own
+    return xy[idx], snr[idx], blended
 
 
 # ----------------------------------------------------------------------------- planning
@@ -660,6 +727,19 @@ def plan_run(
             keep &= np.hypot(src.x - o.x, src.y - o.y) > 2.0
     mask_xy = np.column_stack([src.x[keep], src.y[keep]])
     mask_peak = np.asarray(src.peak, float)[keep]
+    field_xy = None
+    if settings.all_stars:
+        field_xy, snr, blended = _field_stars(
+            src, objects, shape, max(radii), annulus[1], fwhm, gain, saturation, settings.field_snr
+        )
+        notes["field"] = {
+            "n_stars": len(field_xy),
+            "snr_limit": settings.field_snr,
+            "snr": snr,
+            "blended": blended,
+            "selection": "detected on the reference frame above the S/N limit, unsaturated, "
+            "annulus inside the frame, not a target, comparison or check star",
+        }
     plan = Plan(
         objects=objects,
         ref_path=ref.path,
@@ -685,6 +765,7 @@ def plan_run(
         mask_peak=mask_peak,
         mask_noise=float(src.background_rms),
         mask_stars=settings.mask_stars,
+        field_xy=field_xy,
     )
     if settings.lacosmic and plan.read_noise is None:
         notes["assumed"].append(
@@ -780,8 +861,15 @@ def _stages(
     results = measure_all(settings, frames, plan, out, notes, executor)
     plan, results = _settle_gain(settings, frames, plan, results, notes)
     reduced = differential.reduce(settings, frames, plan, results, notes)
+    field_res = None
+    if plan.field_xy is not None:
+        field_res = field_mode.reduce_field(settings, plan, results, reduced, notes)
     summary = export.write_products(settings, frames, plan, results, reduced, notes, out)
     summary["frames_resumed"] = notes["resumed_frames"]
+    if field_res is not None:
+        from tsphot.products import field_products
+
+        summary["field"] = field_products.write_field_products(field_res, reduced, out)
     summary["elapsed_s"] = round(time.time() - t_start, 2)
     run_json = json.loads((out / "run.json").read_text())
     recs = records.records_from_run(tool, run_json, str(out))
@@ -799,6 +887,10 @@ def rescale_results(results: list[FrameResult], factor: float) -> list[FrameResu
     for r in results:
         cols = dict(r.columns)
         cols["flux"], cols["flux_err"] = noise.rescale_gain(cols["flux"], cols["flux_err"], factor)
+        if "field_flux" in cols:
+            cols["field_flux"], cols["field_flux_err"] = noise.rescale_gain(
+                cols["field_flux"], cols["field_flux_err"], factor
+            )
         out.append(dataclasses.replace(r, columns=cols))
     return out
 

@@ -256,6 +256,20 @@ class Settings(BaseModel):
             raise ValueError(f"unknown detrending term(s) {bad}; choose from {list(known)}")
         return v
 
+    all_stars: bool = Field(
+        False,
+        description="field mode: measure every star detected on the reference frame, give each "
+        "a differential light curve, variability indices and candidate flags (field.ecsv)",
+    )
+    field_snr: float = Field(
+        10.0, gt=0, description="field mode: lowest signal-to-noise of a star on the reference"
+    )
+    field_false_alarm: float = Field(
+        1e-3,
+        gt=0,
+        lt=0.5,
+        description="field mode: chance that a constant star is listed as a candidate variable",
+    )
     executor: Literal["serial", "processes", "dask"] = Field(
         "processes",
         description="where frames are measured: serial, a local process pool, or Dask (a local "

@@ -476,6 +476,7 @@ def run_record(
         "scatter_by_radius": {str(k): v for k, v in red.scatter_by_radius.items()},
         "fit_notes": {k: notes[k] for k in ("fit_failed", "fit_skipped") if k in notes},
         "resumed_frames": notes.get("resumed_frames", 0),
+        "field": notes.get("field"),  # field mode (--all-stars) summary
     }
     return _jsonable(record)
 

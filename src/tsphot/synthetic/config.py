@@ -83,6 +83,13 @@ class SimConfig:
     asteroid_rate: tuple[float, float] = (40.0, -15.0)  # px/h across the sky (frame-0 pixels)
     asteroid_period_h: float = 1.5  # rotation period (h)
     asteroid_amplitude: float = 0.3  # peak-to-peak of the double-peaked rotation curve (mag)
+    # Field variables (off with 0): field stars made sinusoidal or eclipsing (contact-binary
+    # shape), drawn from their own random stream so switching them on changes no other star.
+    n_field_variables: int = 0
+    field_var_ptp: tuple[float, float] = (0.005, 0.1)  # peak-to-peak fraction, log-uniform
+    field_var_period: tuple[float, float] = (0.25, 1.0)  # in units of the night's length
+    field_var_mag: tuple[float, float] = (9.5, 15.5)  # magnitudes of the stars chosen
+    field_var_margin: float = 40.0  # px: variables are chosen this far inside the frame edges
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-ready dict."""
@@ -111,6 +118,9 @@ class SimConfig:
             (self.moffat_beta > 1, "moffat_beta must be > 1"),
             (0 <= self.transit_depth < 0.25, "transit_depth must be in [0, 0.25)"),
             (self.n_stars >= self.n_comps + 3, "n_stars must include target, comps, check, SAT"),
+            (self.n_field_variables >= 0, "n_field_variables must be >= 0"),
+            (0 < self.field_var_ptp[0] <= self.field_var_ptp[1] < 1, "field_var_ptp in (0, 1)"),
+            (0 < self.field_var_period[0] <= self.field_var_period[1], "field_var_period > 0"),
             (
                 self.cloud_frame is None or 0 <= self.cloud_frame < self.n_frames,
                 "cloud_frame must be a frame index",

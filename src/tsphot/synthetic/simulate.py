@@ -60,7 +60,7 @@ __all__ = ["simulate_night"]
 
 LD_COEFFS = (0.4, 0.25)
 # Streams of the seed sequence (spawn keys).
-_FIELD, _INSTRUMENT, _WEATHER, _CALIB, _SCIENCE, _DEFECTS = range(6)
+_FIELD, _INSTRUMENT, _WEATHER, _CALIB, _SCIENCE, _DEFECTS, _VARIABLES = range(7)
 
 
 def _configure_offline() -> None:
@@ -198,6 +198,67 @@ def _field_stars(
     if n_done < n:
         raise ValueError("SimConfig: could not place the field stars")
     return np.column_stack([np.concatenate(xs), np.concatenate(ys)]), np.concatenate(ms)
+
+
+def eclipsing_shape(phase: np.ndarray, width: float = 0.2, secondary: float = 0.7) -> np.ndarray:
+    """Flux loss 0..1 of a contact-like eclipsing binary: V-shaped minima at phase 0 and 0.5."""
+    ph = np.asarray(phase, float) % 1.0
+    prim = np.clip(1 - np.abs((ph + 0.5) % 1.0 - 0.5) / width, 0, 1)
+    sec = secondary * np.clip(1 - np.abs(ph - 0.5) / width, 0, 1)
+    return np.maximum(prim, sec)
+
+
+def _field_variables(
+    cfg: SimConfig,
+    roles: list[str],
+    mags: np.ndarray,
+    xy: np.ndarray,
+    bjd: np.ndarray,
+    night_d: float,
+) -> list[dict[str, Any]]:
+    """Choose field stars to vary and their light curves (astro factor per frame)."""
+    if cfg.n_field_variables == 0:
+        return []
+    rng = _rng(cfg.seed, _VARIABLES)
+    lo, hi = cfg.field_var_mag
+    nx, ny = cfg.size
+    mg = cfg.field_var_margin
+    inner = (xy[:, 0] > mg) & (xy[:, 0] < nx - 1 - mg) & (xy[:, 1] > mg) & (xy[:, 1] < ny - 1 - mg)
+    pool = [i for i, r in enumerate(roles) if r == "field" and lo <= mags[i] <= hi and inner[i]]
+    if len(pool) < cfg.n_field_variables:
+        raise ValueError(
+            f"SimConfig: only {len(pool)} field stars in field_var_mag {cfg.field_var_mag} and "
+            f"{mg} px inside the edges for {cfg.n_field_variables} field variables; widen the "
+            "range or add stars"
+        )
+    chosen = rng.choice(pool, size=cfg.n_field_variables, replace=False)
+    out = []
+    for k, star in enumerate(sorted(int(c) for c in chosen)):
+        kind = "sinusoid" if k % 2 == 0 else "eclipsing"
+        ptp = float(np.exp(rng.uniform(*np.log(cfg.field_var_ptp))))
+        period = float(rng.uniform(*cfg.field_var_period)) * night_d
+        phase = float(rng.uniform(0, 1))
+        ph = (bjd - bjd[0]) / period + phase
+        if kind == "sinusoid":
+            factor = 1.0 + 0.5 * ptp * np.sin(2 * np.pi * ph)
+            formula = "1 + ptp/2 * sin(2 pi ((bjd - t_ref) / period + phase))"
+        else:
+            factor = 1.0 - ptp * eclipsing_shape(ph)
+            formula = "1 - ptp * eclipsing_shape((bjd - t_ref) / period + phase)"
+        out.append(
+            {
+                "star": star,
+                "type": kind,
+                "ptp": ptp,
+                "period_d": period,
+                "phase": phase,
+                "t_ref_bjd_tdb": float(bjd[0]),
+                "formula": formula,
+                "realised_ptp": float(factor.max() - factor.min()),
+                "factor": factor,
+            }
+        )
+    return out
 
 
 def _flat_field(cfg: SimConfig, rng: np.random.Generator) -> tuple[np.ndarray, list[list[float]]]:
@@ -613,6 +674,9 @@ def simulate_night(
     astro[:, var_comp] = 1.0 + cfg.variable_comp_amp * np.sin(
         2 * np.pi * (bjd - bjd[0]) / var_period + var_phase
     )
+    field_vars = _field_variables(cfg, roles, mags, xy0, bjd, night_d)
+    for v in field_vars:
+        astro[:, v["star"]] = v["factor"]
     sig_s = (
         scintillation_sigma(airmass, cfg.aperture_diameter_m, elev, cfg.exptime)
         if cfg.scintillation
@@ -727,6 +791,20 @@ def simulate_night(
     stars_t["mag"] = mags
     stars_t["flux_e_per_s"] = flux_s
     stars_t["is_variable"] = np.arange(n_st) == var_comp
+    var_type_col = ["none"] * n_st
+    var_ptp_col = np.zeros(n_st)
+    var_period_col = np.zeros(n_st)
+    var_type_col[var_comp] = "sinusoid"
+    var_ptp_col[var_comp] = 2 * cfg.variable_comp_amp
+    var_period_col[var_comp] = var_period
+    for v in field_vars:
+        stars_t["is_variable"][v["star"]] = True
+        var_type_col[v["star"]] = v["type"]
+        var_ptp_col[v["star"]] = v["ptp"]
+        var_period_col[v["star"]] = v["period_d"]
+    stars_t["var_type"] = np.array(var_type_col)  # none | sinusoid | eclipsing
+    stars_t["var_ptp"] = var_ptp_col  # peak-to-peak fraction of the flux
+    stars_t["var_period_d"] = var_period_col
     stars_t["ra"] = sky0.ra.deg
     stars_t["dec"] = sky0.dec.deg
     for col, unit in (("x", "pix"), ("y", "pix"), ("flux_e_per_s", "electron / s")):
@@ -871,6 +949,7 @@ def simulate_night(
             "t_ref_bjd_tdb": float(bjd[0]),
             "formula": "1 + amplitude * sin(2 pi (bjd - t_ref) / period + phase)",
         },
+        "field_variables": [{k: v for k, v in fv.items() if k != "factor"} for fv in field_vars],
         "scintillation": {
             "enabled": cfg.scintillation,
             "formula": "1.5 * 0.09 * D_cm**(-2/3) * X**1.75 * exp(-h_m / 8000) / sqrt(2 t_s)",
