@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, UserDefinedType
 
 from tsphot import records as rec
 from tsphot.records import _column_kind
@@ -47,11 +47,25 @@ NAMING = {
 }
 
 
+class _SQLiteFloat(UserDefinedType):
+    """SQLite's FLOAT column without SQLAlchemy's float coercion of bound values."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "FLOAT"
+
+
 class FloatNaN(TypeDecorator):
     """A double that keeps NaN: SQLite turns a bound NaN into NULL, so it is stored as 'NaN'."""
 
     impl = Float(precision=53)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(_SQLiteFloat())
+        return dialect.type_descriptor(Float(precision=53))
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:

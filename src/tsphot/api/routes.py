@@ -137,6 +137,7 @@ def _resolve(
     who: auth.Principal,
     fs: sch.FileSet,
     kind: str,
+    key: str,
     inputs: Path,
 ) -> list[str]:
     """The files of one FileSet: uploads linked into the run's inputs, paths confined."""
@@ -151,7 +152,7 @@ def _resolve(
         for i, up_id in enumerate(fs.uploads):
             u = found.get(up_id)
             if u is None:
-                raise _field_err(["body", kind, "uploads", i], f"no upload {up_id} of yours")
+                raise _field_err(["body", key, "uploads", i], f"no upload {up_id} of yours")
             name = u.filename
             stem, dot, ext = name.partition(".")
             k = 1
@@ -171,7 +172,7 @@ def _resolve(
         try:
             files.extend(paths.confine(st.cfg.data_root, entry))
         except paths.PathRefused as exc:
-            raise _field_err(["body", kind, "paths", i], str(exc), "path_refused") from None
+            raise _field_err(["body", key, "paths", i], str(exc), "path_refused") from None
     return files
 
 
@@ -193,7 +194,7 @@ def create_run(body: sch.RunCreate, who: Who, s: DB, st: St, response: Response)
     run_dir = st.cfg.run_dir(run_id)
     try:
         inputs = {
-            kind: _resolve(s, st, who, getattr(body, key), kind, run_dir / "inputs")
+            kind: _resolve(s, st, who, getattr(body, key), kind, key, run_dir / "inputs")
             for kind, key in (
                 ("frames", "exposures"),
                 ("bias", "bias"),
