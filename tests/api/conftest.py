@@ -119,10 +119,13 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database(request, tmp_path):
-    """A database URL: SQLite in a temporary data dir, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def fresh_database(request, backend: str) -> str | None:
+    """A database URL: None (SQLite in the data dir), or a new database on the PostgreSQL
+    server of the session."""
+    if backend == "sqlite":
         return None
     url = request.getfixturevalue("postgres_url")
     # a fresh database per test on the session's server
@@ -134,6 +137,12 @@ def database(request, tmp_path):
         c.execute(sa.text(f'CREATE DATABASE "{name}"'))
     eng.dispose()
     return url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request):
+    """A database for one test: SQLite, or a fresh PostgreSQL database."""
+    return fresh_database(request, request.param)
 
 
 # ----------------------------------------------------------------------------- the app

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from conftest import RES, make_api, run_body, wait_done
+from conftest import BACKENDS, RES, fresh_database, make_api, run_body, wait_done
 from tsphot import records as rec
 
 SKIP = {"id", "tool_id", "object_id"}  # drawn per run; everything else must match
@@ -25,10 +25,13 @@ def _key(r):
     return (r["frame"], r["object"])
 
 
-@pytest.fixture
-def finished(small_night, small_run, tmp_path, database):
-    """The small night run through the API (server-side paths under the data root)."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def finished(request, small_night, small_run, tmp_path_factory):
+    """The small night run through the API (server-side paths under the data root), once per
+    database backend."""
     base, truth = small_night
+    tmp_path = tmp_path_factory.mktemp("api-run")
+    database = fresh_database(request, request.param)
     api = make_api(tmp_path, database, start_jobs=True, data_root=base, run_executor="processes")
     with api.client:
         h = api.user("alice")

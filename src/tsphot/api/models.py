@@ -16,6 +16,7 @@ import math
 import uuid
 from typing import Any
 
+from pydantic_core import to_jsonable_python
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -241,7 +242,8 @@ def to_row(record: rec.Record) -> dict[str, Any]:
     for name, field in type(record).model_fields.items():
         kind = _column_kind(field.annotation)
         if kind == "json":
-            row[name] = record.model_dump(mode="json", include={name})[name]
+            # JSON-ready, but NaN and ±inf in free-form dicts kept (JSONText writes them)
+            row[name] = to_jsonable_python(getattr(record, name), inf_nan_mode="constants")
         elif kind == "enum":
             row[name] = getattr(record, name).value
         else:
