@@ -4,8 +4,8 @@ restart the run is taken up again and finishes with the results of an uninterrup
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
 import subprocess
 import sys
 import time

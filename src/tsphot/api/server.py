@@ -77,6 +77,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         raise SettingsError("--workers must be 1 or more")
     if a.data_root and not Path(a.data_root).is_dir():
         raise SettingsError(f"--data-root {a.data_root}: no such folder")
+    _check_run_options(a)
     cfg = _config(
         a,
         data_root=Path(a.data_root) if a.data_root else None,
@@ -94,6 +95,25 @@ def cmd_serve(a: argparse.Namespace) -> int:
     print(f"tsphot serve: http://{a.host}:{a.port}/docs", flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False)
     return 0
+
+
+def _check_run_options(a: argparse.Namespace) -> None:
+    """Refuse run options this tsphot's pipeline cannot take, before any run is accepted."""
+    from pydantic import ValidationError
+
+    from tsphot.settings import Settings
+
+    if a.scheduler and "scheduler" not in Settings.model_fields:
+        raise SettingsError("--scheduler: this tsphot's pipeline cannot use a Dask cluster yet")
+    if a.run_executor:
+        try:
+            Settings(executor=a.run_executor)
+        except ValidationError:
+            raise SettingsError(
+                f"--run-executor {a.run_executor}: not an executor this tsphot's pipeline has"
+            ) from None
+    if a.run_workers is not None and a.run_workers < 1:
+        raise SettingsError("--run-workers must be 1 or more")
 
 
 def cmd_users(a: argparse.Namespace) -> int:
