@@ -22,6 +22,7 @@ import ctypes
 import datetime as dt
 import glob
 import inspect
+import json
 import logging
 import os
 import signal
@@ -77,8 +78,15 @@ def run_pipeline(settings: Settings, tool: rec.TimeSeriesPhotometryTool, resume:
 
     if resume and "resume" in Settings.model_fields:
         settings = settings.model_copy(update={"resume": True})
-    kw = {"tool": tool} if "tool" in inspect.signature(pipeline.run).parameters else {}
-    return pipeline.run(settings, **kw)
+    takes_tool = "tool" in inspect.signature(pipeline.run).parameters
+    summary = pipeline.run(settings, **({"tool": tool} if takes_tool else {}))
+    out = Path(settings.out)
+    if not takes_tool or not (out / "records.json").exists():
+        # a pipeline that keeps no record of its own: make it from run.json, under our id
+        recs = rec.records_from_run(tool, json.loads((out / "run.json").read_text()), str(out))
+        recs.tool.mark_done()
+        recs.write(out / "records.json")
+    return summary
 
 
 def _install_progress(report: Any) -> None:

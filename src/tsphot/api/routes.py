@@ -225,9 +225,10 @@ def create_run(body: sch.RunCreate, who: Who, s: DB, st: St, response: Response)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    view = sch.run_view(_run_row(s, run_id, who), who.name)  # as created: pending
     st.dispatcher.wake()
     response.headers["Location"] = f"/api/v1{RESOURCE}/{run_id}"
-    return sch.run_view(_run_row(s, run_id, who), who.name)
+    return view
 
 
 @router.get(RESOURCE, response_model=sch.Page[sch.Run], tags=["runs"], responses=R401)
