@@ -161,8 +161,11 @@ def _store_results(
     sm: sessionmaker[Session], run_id: uuid.UUID, attempt: int, out: Path, first_started: Any
 ) -> bool:
     """Write a finished run's records in one transaction; False if the run was taken away."""
-    recs, results = rec.load_run(out)
+    from astropy.table import Table
+
+    recs = rec.RunRecords.read(out / "records.json")
     tool = recs.tool
+    results = m.result_rows(Table.read(out / "results.ecsv"), run_id)
     if first_started is not None:
         tool.started = first_started
     with sm.begin() as s:
@@ -183,7 +186,7 @@ def _store_results(
         if recs.stack_files:
             s.execute(insert(m.stack_files), [m.to_row(f) for f in recs.stack_files])
         for k in range(0, len(results), 5000):
-            s.execute(insert(m.results), [m.to_row(r) for r in results[k : k + 5000]])
+            s.execute(insert(m.results), results[k : k + 5000])
     return True
 
 

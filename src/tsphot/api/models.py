@@ -223,7 +223,8 @@ stack_files = _record_table("stack_files", rec.TimeSeriesPhotometryStackFile)
 results = _record_table(
     "results",
     rec.TimeSeriesPhotometryToolResult,
-    Index(None, "tool_id", "object", "frame"),
+    Index(None, "tool_id", "frame", "object"),  # pages in (frame, object) order
+    Index(None, "tool_id", "object", "frame"),  # one object's rows
     Index(None, "tool_id", "status"),
 )
 
@@ -271,3 +272,60 @@ __all__ = [
     "tool_objects",
     "tools",
 ]
+
+
+_RESULT_FIELDS = rec.TimeSeriesPhotometryToolResult.model_fields
+_CAST = {"float": float, "int": int, "bool": bool, "str": str}
+
+
+def result_rows(table: Any, tool_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Rows of the results table straight from a results.ecsv Table, column by column: the
+    values ``records.results_from_table`` would give (masked → None, or "" for text), without
+    building a pydantic record per row (a 150-frame night has thousands of rows)."""
+    import numpy as np
+
+    n = len(table)
+    cols: dict[str, list[Any]] = {}
+    for name, field in _RESULT_FIELDS.items():
+        if name in ("schema_version", "id", "tool_id", "object_id") or name not in table.colnames:
+            continue
+        kind = _column_kind(field.annotation)
+        col = table[name]
+        mask = np.ma.getmaskarray(col) if hasattr(col, "mask") else np.zeros(n, bool)
+        values = np.asarray(getattr(col, "value", col))
+        if values.dtype.kind == "S":
+            values = values.astype(str)
+        cast = _CAST.get(kind, lambda v: v)
+        out = [cast(v) for v in values.tolist()]
+        if mask.any():
+            empty = "" if kind == "str" else None
+            out = [empty if k else v for v, k in zip(out, mask.tolist(), strict=True)]
+        cols[name] = out
+    version = rec.SCHEMA_VERSION
+    rows = []
+    for i in range(n):
+        row = {name: values[i] for name, values in cols.items()}
+        obj, frame = str(row["object"]), int(row["frame"])
+        row.update(
+            schema_version=version,
+            id=rec.child_id(tool_id, f"result/{obj}/{frame}"),
+            tool_id=tool_id,
+            object_id=rec.child_id(tool_id, f"object/{obj}"),
+        )
+        rows.append(row)
+    return rows
+
+
+def result_json(row: Any) -> dict[str, Any]:
+    """A result row as its record's JSON object (what ``model_dump(mode="json")`` gives),
+    without building the record: the results page is the service's busiest answer."""
+    data = row._asdict()
+    out: dict[str, Any] = {}
+    for name in _RESULT_FIELDS:
+        v = data[name]
+        if isinstance(v, float):
+            v = rec._float_out(v)
+        elif isinstance(v, uuid.UUID):
+            v = str(v)
+        out[name] = v
+    return out

@@ -6,6 +6,7 @@ for an upload or a body that cannot be used (422 names the field)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -395,10 +396,13 @@ def get_results(
     if format == "json":
         total = s.scalar(select(func.count()).select_from(m.results).where(*cond)) or 0
         rows = s.execute(q.limit(limit).offset(offset)).all()
-        items = [m.from_row(rec.TimeSeriesPhotometryToolResult, r) for r in rows]
-        return sch.Page[rec.TimeSeriesPhotometryToolResult](
-            items=items, total=total, limit=limit, offset=offset
-        )
+        page = {
+            "items": [m.result_json(r) for r in rows],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+        return Response(json.dumps(page, allow_nan=False), media_type="application/json")
     items = [m.from_row(rec.TimeSeriesPhotometryToolResult, r) for r in s.execute(q).all()]
     table = rec.to_table(items, rec.TimeSeriesPhotometryToolResult)
     buf = io.StringIO()

@@ -169,6 +169,11 @@ def upgrade() -> None:
     with op.batch_alter_table("results", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_results_tool_id"), ["tool_id"], unique=False)
         batch_op.create_index(
+            batch_op.f("ix_results_tool_id_frame_object"),
+            ["tool_id", "frame", "object"],
+            unique=False,
+        )
+        batch_op.create_index(
             batch_op.f("ix_results_tool_id_object_frame"),
             ["tool_id", "object", "frame"],
             unique=False,
@@ -250,6 +255,7 @@ def downgrade() -> None:
     with op.batch_alter_table("results", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_results_tool_id_status"))
         batch_op.drop_index(batch_op.f("ix_results_tool_id_object_frame"))
+        batch_op.drop_index(batch_op.f("ix_results_tool_id_frame_object"))
         batch_op.drop_index(batch_op.f("ix_results_tool_id"))
 
     op.drop_table("results")
