@@ -3,6 +3,7 @@ PostgreSQL; its records and products can be read back."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -102,13 +103,15 @@ def test_api_records_and_products(finished):
     assert run["n_exposures"] == 30 and run["started"] and run["finished"]
     stack = c.get(f"{RES}/{rid}/exposure_stack", headers=h).json()
     assert len(stack["exposures"]) == 30 and stack["tool_id"] == rid
-    files = c.get(f"{RES}/{rid}/stack_files", headers=h).json()
-    assert len(files) == 1 and files[0]["format"] == "zip"
+    # the bundle is written on first request and recorded as the run's stack file, once
+    assert c.get(f"{RES}/{rid}/stack_files", headers=h).json() == []
     b = c.get(f"{RES}/{rid}/bundle", headers=h)
     assert b.status_code == 200 and b.content[:2] == b"PK"
-    import hashlib
-
+    assert c.get(f"{RES}/{rid}/bundle", headers=h).content == b.content
+    files = c.get(f"{RES}/{rid}/stack_files", headers=h).json()
+    assert len(files) == 1 and files[0]["format"] == "zip" and not files[0]["with_data"]
     assert hashlib.sha256(b.content).hexdigest() == files[0]["sha256"]
+    assert c.get(f"{RES}/{rid}", headers=h).json()["stack_file_ids"] == [files[0]["id"]]
     png = c.get(f"{RES}/{rid}/plots/lightcurve.png", headers=h)
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
     assert c.get(f"{RES}/{rid}/plots/nothing.png", headers=h).status_code == 404

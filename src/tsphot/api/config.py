@@ -22,6 +22,7 @@ class ServerConfig:
     run_executor: str | None = None  # executor of each run's frame map (None: tsphot's default)
     run_workers: int | None = None  # processes per run (None: tsphot's default)
     scheduler: str | None = None  # a Dask scheduler address, when the pipeline supports it
+    run_nice: int = 0  # niceness of run workers: >0 keeps the API responsive while runs go
     lease_seconds: float = 15.0  # a running run whose server stops renewing is resumed after this
     poll_seconds: float = 0.5
 

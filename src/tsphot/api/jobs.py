@@ -205,8 +205,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True)
     p.add_argument("--attempt", type=int, required=True)
     p.add_argument("--parent", type=int, required=True)
+    p.add_argument("--nice", type=int, default=0)
     a = p.parse_args(argv)
     _die_with_parent(a.parent)
+    if a.nice > 0:  # the run's frame-measuring children inherit it
+        os.nice(a.nice)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from tsphot.api.db import open_database
 
@@ -225,7 +228,6 @@ def worker_main(argv: list[str] | None = None) -> int:
     log.info("run %s attempt %d%s", run_id, a.attempt, " (resuming)" if row.resume else "")
     try:
         run_pipeline(settings, tool, bool(row.resume))
-        _bundle(Path(settings.out), Path(a.data_dir) / "runs" / str(run_id) / "bundle.zip")
         if not _store_results(sm, run_id, a.attempt, Path(settings.out), first_started):
             log.info("run %s was cancelled or taken over; results not stored", run_id)
         return 0
@@ -248,18 +250,6 @@ def worker_main(argv: list[str] | None = None) -> int:
                 )
             )
         return 1
-
-
-def _bundle(out: Path, path: Path) -> None:
-    """The run's stack bundle (settings, masters, products, exposure hashes); its record is
-    added to records.json. A bundle that cannot be written costs the run nothing."""
-    from tsphot.products import bundle
-
-    try:
-        path.unlink(missing_ok=True)
-        bundle.make_bundle(out, path, with_data=False)
-    except Exception as exc:
-        log.warning("stack bundle not written: %s", exc)
 
 
 # ----------------------------------------------------------------------------- the dispatcher
@@ -441,6 +431,8 @@ class Dispatcher:
             str(attempt),
             "--parent",
             str(os.getpid()),
+            "--nice",
+            str(self.cfg.run_nice),
         ]
         with open(run_dir / "worker.log", "ab") as logf:
             proc = subprocess.Popen(

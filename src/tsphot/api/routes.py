@@ -495,15 +495,53 @@ def get_report(run_id: RunId, who: Who, s: DB, st: St) -> Any:
     responses={**COMMON, **R409, 200: {"content": {"application/zip": {}}, "description": "zip"}},
     response_class=FileResponse,
 )
-def get_bundle(run_id: RunId, who: Who, s: DB, st: St) -> Any:
-    """The run's stack bundle: replays it with `tsphot replay` (exposures not included)."""
+def get_bundle(
+    run_id: RunId,
+    who: Who,
+    s: DB,
+    st: St,
+    with_data: Annotated[bool, Query(description="carry the exposures too (larger)")] = False,
+) -> Any:
+    """The run's stack bundle (settings, masters, products, exposure hashes): `tsphot replay`
+    replays it. Written on first request and recorded as a stack file."""
     row = _run_row(s, run_id, who)
-    path = st.cfg.run_dir(run_id) / "bundle.zip"
     if row.status != "done":
-        raise _err(409, f"run {run_id} is {row.status}: its bundle is written when it is done")
+        raise _err(409, f"run {run_id} is {row.status}: its bundle can be made when it is done")
+    path = st.cfg.run_dir(run_id) / ("bundle_data.zip" if with_data else "bundle.zip")
     if not path.is_file():
-        raise _err(404, f"run {run_id} has no bundle (see its worker.log)")
-    return FileResponse(path, media_type="application/zip", filename=f"tsphot-{run_id}.zip")
+        _make_bundle(s, st, run_id, path, with_data)
+    return FileResponse(
+        path, media_type="application/zip", filename=f"tsphot-{path.stem}-{run_id}.zip"
+    )
+
+
+def _make_bundle(s: Session, st: State, run_id: uuid.UUID, path: Path, with_data: bool) -> None:
+    """Write a bundle once (a file lock keeps concurrent requests, and servers, from writing it
+    twice) and record it as the run's stack file."""
+    import fcntl
+
+    from tsphot.errors import TsphotError
+    from tsphot.products import bundle
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            return
+        try:
+            res = bundle.make_bundle(st.cfg.run_dir(run_id) / "out", path, with_data=with_data)
+        except TsphotError as exc:
+            raise _err(409, f"run {run_id}: the bundle cannot be made: {exc}") from None
+        if res.record is not None:
+            sf = res.record
+            sf.tool_id = run_id
+            s.execute(insert(m.stack_files).values(**m.to_row(sf)))
+            ids = s.scalar(select(m.tools.c.stack_file_ids).where(m.tools.c.id == run_id)) or []
+            s.execute(
+                update(m.tools)
+                .where(m.tools.c.id == run_id)
+                .values(stack_file_ids=[*ids, str(sf.id)])
+            )
+            s.commit()
 
 
 # ----------------------------------------------------------------------------- uploads

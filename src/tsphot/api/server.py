@@ -26,6 +26,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--run-workers", type=int, help="processes per run")
     s.add_argument("--scheduler", help="Dask scheduler address for runs (tcp://HOST:PORT)")
+    s.add_argument(
+        "--run-nice",
+        type=int,
+        default=0,
+        help="niceness of run workers (e.g. 10: requests stay fast while runs take the CPU)",
+    )
     s.add_argument("--lease-seconds", type=float, default=15.0, help=argparse.SUPPRESS)
 
     u = sub.add_parser("users", help="accounts and API tokens of the service")
@@ -87,6 +93,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         run_executor=a.run_executor,
         run_workers=a.run_workers,
         scheduler=a.scheduler,
+        run_nice=a.run_nice,
         lease_seconds=a.lease_seconds,
     )
     app = create_app(cfg)
