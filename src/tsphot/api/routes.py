@@ -10,7 +10,10 @@ import json
 import os
 import re
 import shutil
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,6 +35,8 @@ from tsphot.api import schemas as sch
 from tsphot.api.config import ServerConfig
 
 RESOURCE = "/time_series_photometry_tools"
+AUTH_TTL_S = 10.0
+PAGE_CACHE_BYTES = 64 << 20
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,100}$")
 
 bearer = HTTPBearer(auto_error=False, description="an API token from `tsphot users add NAME`")
@@ -52,11 +57,41 @@ def _field_err(loc: list[Any], msg: str, kind: str = "value_error") -> HTTPExcep
 
 
 class State:
-    """What handlers share: the config, the session factory, the dispatcher."""
+    """What handlers share: the config, the session factory, the dispatcher, caches."""
 
     def __init__(self, cfg: ServerConfig, sm: Any, dispatcher: Any) -> None:
         self.cfg, self.sm, self.dispatcher = cfg, sm, dispatcher
         self._versions: dict[str, str] | None = None
+        self.auth_cache: dict[str, tuple[auth.Principal, float]] = {}
+        # pages of finished runs' results never change: their JSON is kept (bounded)
+        self.pages: OrderedDict[tuple, bytes] = OrderedDict()
+        self.pages_bytes = 0
+        self.lock = threading.Lock()
+
+    def page_get(self, key: tuple) -> bytes | None:
+        """A cached results page."""
+        with self.lock:
+            data = self.pages.get(key)
+            if data is not None:
+                self.pages.move_to_end(key)
+            return data
+
+    def page_put(self, key: tuple, data: bytes) -> None:
+        """Keep a results page, dropping the least recently used beyond PAGE_CACHE_BYTES."""
+        with self.lock:
+            if key in self.pages:
+                return
+            self.pages[key] = data
+            self.pages_bytes += len(data)
+            while self.pages_bytes > PAGE_CACHE_BYTES and self.pages:
+                _, old = self.pages.popitem(last=False)
+                self.pages_bytes -= len(old)
+
+    def forget_run(self, run_id: uuid.UUID) -> None:
+        """Drop a deleted run's cached pages."""
+        with self.lock:
+            for key in [k for k in self.pages if k[0] == run_id]:
+                self.pages_bytes -= len(self.pages.pop(key))
 
     def versions(self) -> dict[str, str]:
         """Versions of tsphot and its dependencies (read once)."""
@@ -67,22 +102,23 @@ class State:
         return self._versions
 
 
-def state(request: Request) -> State:
+async def state(request: Request) -> State:
     """The app's shared state."""
     return request.app.state.tsphot
 
 
-def session(st: Annotated[State, Depends(state)]) -> Any:
-    """A database session for one request."""
+async def session(st: Annotated[State, Depends(state)]) -> Any:
+    """A database session for one request (it connects on first use, in the handler)."""
     with st.sm() as s:
         yield s
 
 
-def principal(
+async def principal(
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    s: Annotated[Session, Depends(session)],
+    st: Annotated[State, Depends(state)],
 ) -> auth.Principal:
-    """The caller, from the Bearer token."""
+    """The caller, from the Bearer token (known tokens are remembered for a few seconds, so
+    a poll costs no token query; a revoked token stops working within AUTH_TTL_S)."""
     if creds is None or not creds.credentials:
         raise HTTPException(
             401,
@@ -90,13 +126,26 @@ def principal(
             "(an administrator creates one with `tsphot users add NAME`)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    who = auth.lookup(s, creds.credentials)
+    key = auth.hash_token(creds.credentials)
+    now = time.monotonic()
+    hit = st.auth_cache.get(key)
+    if hit is not None and hit[1] > now:
+        return hit[0]
+
+    def lookup() -> auth.Principal | None:
+        with st.sm() as s:
+            return auth.lookup(s, creds.credentials)
+
+    who = await run_in_threadpool(lookup)
     if who is None:
         raise HTTPException(
             401,
             "API token not recognised (mistyped, or revoked): ask for a new one",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
+    if len(st.auth_cache) > 10_000:
+        st.auth_cache.clear()
+    st.auth_cache[key] = (who, now + AUTH_TTL_S)
     return who
 
 
@@ -266,7 +315,7 @@ def list_runs(
 def get_run(run_id: RunId, who: Who, s: DB) -> sch.Run:
     """One run: its record, owner and progress."""
     row = _run_row(s, run_id, who)
-    return sch.run_view(row, row.owner)
+    return Response(sch.run_view(row, row.owner).model_dump_json(), media_type="application/json")
 
 
 @router.delete(
@@ -304,6 +353,7 @@ def delete_run(run_id: RunId, who: Who, s: DB, st: St) -> Any:
         s.execute(delete(table).where(table.c.tool_id == run_id))
     s.execute(delete(m.tools).where(t.id == run_id))
     s.commit()
+    st.forget_run(run_id)
     shutil.rmtree(st.cfg.run_dir(run_id), ignore_errors=True)
     return Response(status_code=204)
 
@@ -374,6 +424,7 @@ def get_results(
     run_id: RunId,
     who: Who,
     s: DB,
+    st: St,
     object: Annotated[str | None, Query(max_length=100, description="only this object")] = None,
     status: Annotated[
         str | None, Query(max_length=100, description="only rows of this status")
@@ -385,7 +436,10 @@ def get_results(
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> Any:
     """Photometry per object per exposure; filter by object and status."""
-    _run_row(s, run_id, who)
+    run = _run_row(s, run_id, who)
+    key = (run_id, object, status, format, limit, offset)
+    if run.status == "done" and format == "json" and (data := st.page_get(key)) is not None:
+        return Response(data, media_type="application/json")
     t = m.results.c
     cond = [t.tool_id == run_id]
     if object is not None:
@@ -402,7 +456,10 @@ def get_results(
             "limit": limit,
             "offset": offset,
         }
-        return Response(json.dumps(page, allow_nan=False), media_type="application/json")
+        data = json.dumps(page, allow_nan=False).encode()
+        if run.status == "done":
+            st.page_put(key, data)
+        return Response(data, media_type="application/json")
     items = [m.from_row(rec.TimeSeriesPhotometryToolResult, r) for r in s.execute(q).all()]
     table = rec.to_table(items, rec.TimeSeriesPhotometryToolResult)
     buf = io.StringIO()
