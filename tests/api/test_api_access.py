@@ -231,6 +231,9 @@ def test_422_names_the_field(api):
         assert r.status_code == 422, (body, r.text)
         locs = [d["loc"][: len(loc)] for d in r.json()["detail"]]
         assert loc in locs, (body, r.json())
+    big = b'{"name": "' + b"x" * (17 << 20) + b'"}'
+    r = c.post(RES, headers={**h, "Content-Type": "application/json"}, content=big)
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
     r = c.post(RES, headers={**h, "Content-Type": "application/json"}, content=b"{not json")
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
     assert c.get(f"{RES}/not-an-id", headers=h).status_code == 422

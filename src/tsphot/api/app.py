@@ -18,6 +18,7 @@ from tsphot.api.db import open_database
 from tsphot.api.jobs import Dispatcher
 
 log = logging.getLogger("tsphot.api")
+MAX_JSON_BYTES = 16 << 20
 
 DESCRIPTION = """\
 Time-series differential photometry as a service: create a run of the tool
@@ -56,6 +57,21 @@ def create_app(cfg: ServerConfig, start_jobs: bool = True) -> FastAPI:
     )
     app.state.tsphot = routes.State(cfg, sm, dispatcher)
     app.include_router(routes.router, prefix="/api/v1")
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next: Any) -> Any:
+        # JSON bodies are read whole: refuse a giant one before it is (uploads stream instead)
+        length = request.headers.get("content-length", "")
+        if (
+            length.isdigit()
+            and int(length) > MAX_JSON_BYTES
+            and not request.url.path.endswith("/uploads")
+        ):
+            return JSONResponse(
+                {"detail": f"request body over {MAX_JSON_BYTES >> 20} MiB: too large"},
+                status_code=413,
+            )
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
