@@ -265,6 +265,10 @@ def _parser() -> argparse.ArgumentParser:
         default=(1024, 1024),
     )
     d.add_argument("--seed", type=int, default=1)
+
+    from tsphot.api.server import add_parsers
+
+    add_parsers(sub)
     return p
 
 
@@ -528,6 +532,18 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from tsphot.api.server import cmd_serve
+
+    return cmd_serve(a)
+
+
+def _cmd_users(a: argparse.Namespace) -> int:
+    from tsphot.api.server import cmd_users
+
+    return cmd_users(a)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tsphot` command."""
     args = _parser().parse_args(argv)
@@ -542,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
             "simulate": _cmd_simulate,
             "demo": _cmd_demo,
             "period": _cmd_period,
+            "serve": _cmd_serve,
+            "users": _cmd_users,
         }
         return commands[args.command](args)
     except TsphotError as exc:
