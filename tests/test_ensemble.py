@@ -146,7 +146,21 @@ def test_quiet_stars_with_modest_error_excess_are_kept() -> None:
     mag, err, _, _ = _field(10, 300, SIGMAS)
     res = everett_howell(mag, err / 1.1, _all_valid(mag), _names(10))
     assert res.used.all()
-    assert np.all(res.chi2_limit >= 1.5)
+    assert np.all(res.chi2_limit >= 1.2)
+
+
+def test_faint_variable_is_rejected_on_a_long_night() -> None:
+    # 1 % sinusoid on a star whose own noise is 1.2 % per point, 1,200 frames, 1.7 cycles (the
+    # simulator's variable comparison): chi2_red 1.42, below the former floor of 1.5 but
+    # beyond the 1e-4 limit (1.16) and strongly time-correlated.
+    sig = SIGMAS.copy()
+    sig[4] = 0.012
+    mag, err, _, _ = _field(5, 1200, sig)
+    t = np.linspace(0.0, 1.0, 1200)
+    mag[:, 4] += 0.01 * np.sin(2 * np.pi * t / 0.6 + 1.0)
+    res = everett_howell(mag, err, _all_valid(mag), _names(10))
+    assert not res.used[4] and res.reasons[4].startswith("variable"), res.reasons[4]
+    assert res.used.sum() == 9
 
 
 # (d) invalid points -------------------------------------------------------------------------

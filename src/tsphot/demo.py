@@ -63,6 +63,9 @@ def compare_with_truth(truth: synthetic.Truth, run_dir: str | Path) -> dict[str,
         return terms["total"] / terms["flux_ap"]
 
     comps = record["comparison_stars"]
+    unmatched = [c["name"] for c in comps if c["used"] and star_of.get(c["name"], -1) < 0]
+    if unmatched:
+        raise ValueError(f"{run_dir}: comparison stars {unmatched} are no simulated star")
     w = np.array([c["weight"] for c in comps if c["used"]])
     w = w / w.sum()
     ens_var = sum(

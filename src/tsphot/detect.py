@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sep
@@ -23,6 +23,17 @@ class Sources:
     fwhm: float  # px, median of unsaturated round sources
     background: float  # ADU, global median
     background_rms: float  # ADU
+    # Area above half the peak (px²) over that of the frame's PSF (π FWHM²/4): about 1 for a
+    # star, well below for a cosmic ray or hot pixel, above for a galaxy or a blend.
+    psf_area_ratio: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def star_like(self, min_ratio: float = 0.4) -> np.ndarray:
+        """Which sources are as broad as the PSF (not cosmic rays or hot-pixel clusters)."""
+        # An undersampled PSF (FWHM < 2.5 px) puts a star's light in as few pixels as a
+        # cosmic ray: the test cannot tell them apart there, so it keeps every source.
+        if len(self.psf_area_ratio) != len(self.x) or not self.fwhm >= 2.5:
+            return np.ones(len(self.x), bool)
+        return ~(self.psf_area_ratio < min_ratio)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -73,6 +84,7 @@ def find_sources(
         order = order[:max_sources]
     objs = objs[order]
     fwhm = _fwhm(objs, sub, saturation, float(bkg.globalback))
+    area = _half_max_area(sub, objs["x"], objs["y"])
     return Sources(
         x=np.asarray(objs["x"], float),
         y=np.asarray(objs["y"], float),
@@ -81,7 +93,23 @@ def find_sources(
         fwhm=fwhm,
         background=float(bkg.globalback),
         background_rms=rms,
+        psf_area_ratio=area / (np.pi * fwhm**2 / 4.0) if fwhm > 0 else np.full(len(area), np.nan),
     )
+
+
+def _half_max_area(sub: np.ndarray, x: np.ndarray, y: np.ndarray, half: int = 4) -> np.ndarray:
+    """Pixels at or above half the local peak near each (x, y) of a background-free image."""
+    ny, nx = sub.shape
+    out = np.full(len(x), np.nan)
+    for i, (xc, yc) in enumerate(zip(x, y, strict=True)):
+        ix, iy = round(float(xc)), round(float(yc))
+        if not (half <= ix < nx - half and half <= iy < ny - half):
+            continue
+        cut = sub[iy - half : iy + half + 1, ix - half : ix + half + 1]
+        peak = cut[half - 1 : half + 2, half - 1 : half + 2].max()
+        if peak > 0:
+            out[i] = np.count_nonzero(cut >= 0.5 * peak)
+    return out
 
 
 def _fwhm(objs: np.ndarray, sub: np.ndarray, saturation: float | None, back: float) -> float:

@@ -366,6 +366,7 @@ def _field_stars(
     snr = flux_e / np.sqrt(flux_e + area * (src.background_rms * gain) ** 2)
     keep = snr >= min_snr
     keep &= (src.peak + src.background) < 0.95 * saturation
+    keep &= src.star_like()  # no cosmic ray of the reference frame
     keep &= (src.x > r_out) & (src.x < nx - 1 - r_out) & (src.y > r_out) & (src.y < ny - 1 - r_out)
     for o in objects:
         keep &= np.hypot(src.x - o.x, src.y - o.y) > r_ap
@@ -505,8 +506,12 @@ def _choose_comps(
     margin = r_out + 2
     chosen: list[tuple[float, float]] = []
     xy = np.column_stack([src.x, src.y])
+    # a cosmic ray or hot-pixel cluster on the reference frame is no star to compare with
+    star = src.star_like()
     for i in range(len(src)):
         x, y = src.x[i], src.y[i]
+        if not star[i]:
+            continue
         if not (margin < x < nx - 1 - margin and margin < y < ny - 1 - margin):
             continue
         # seeing changes move the peak, and cameras lose linearity before the ADU limit
