@@ -608,7 +608,11 @@ def simulate_night(
     names = [s["name"] for s in special] + [f"F{i + 1:04d}" for i in range(n_field)]
     roles = [s["role"] for s in special] + ["field"] * n_field
     comps = [i for i, r in enumerate(roles) if r == "comparison"]
-    var_comp = int(comps[frng.integers(len(comps))])
+    # The variable is one of the three brightest comparison candidates: a bright variable is the
+    # one that would carry weight in an ensemble (and corrupt it); a 1 % variation on a star with
+    # several % noise per point is neither measurable nor harmful (its weight is ~1/σ²).
+    brightest = sorted(comps, key=lambda i: smag[i])[:3]
+    var_comp = int(brightest[frng.integers(len(brightest))])
     var_phase = float(frng.uniform(0, 2 * np.pi))
     var_period = 0.6 * night_d
     flux_s = 10 ** (-0.4 * (mags - cfg.zero_point))  # e-/s above the atmosphere
