@@ -1,5 +1,6 @@
 """The FastAPI application: routes under /api/v1/, the OpenAPI document at
-/api/v1/openapi.json, docs at /docs, the job dispatcher started and stopped with the app."""
+/api/v1/openapi.json, docs at /docs, the web page at /, the job dispatcher started and stopped
+with the app."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from tsphot import __version__
-from tsphot.api import routes
+from tsphot.api import routes, web
 from tsphot.api.config import ServerConfig
 from tsphot.api.db import open_database
 from tsphot.api.jobs import Dispatcher
@@ -57,6 +58,8 @@ def create_app(cfg: ServerConfig, start_jobs: bool = True) -> FastAPI:
     )
     app.state.tsphot = routes.State(cfg, sm, dispatcher)
     app.include_router(routes.router, prefix="/api/v1")
+    app.include_router(web.router, prefix="/api/v1")
+    web.mount_page(app)
 
     @app.middleware("http")
     async def _body_limit(request: Request, call_next: Any) -> Any:

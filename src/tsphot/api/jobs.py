@@ -89,9 +89,11 @@ def run_pipeline(settings: Settings, tool: rec.TimeSeriesPhotometryTool, resume:
     return summary
 
 
-def _install_progress(report: Any) -> None:
-    """Route the pipeline's per-frame progress to ``report(done, total)`` in this process."""
+def _install_progress(report: Any, rejected_file: Path | None = None) -> None:
+    """Route the pipeline's per-frame progress to ``report(done, total)`` in this process, and
+    the frames rejected so far (with their reasons) to ``rejected_file`` (JSON, for the page)."""
     from tsphot import pipeline
+    from tsphot.api.web import write_progress
 
     if not hasattr(pipeline, "_progress"):
         return
@@ -100,11 +102,26 @@ def _install_progress(report: Any) -> None:
         if desc != "measuring":
             return lambda r: None
         state = {"done": initial}
+        rejected: list[dict[str, Any]] = []
         report(initial, total, force=True)
 
         def step(r: Any) -> None:
             if r is not None:
                 state["done"] += 1
+                status = getattr(r, "status", "ok")
+                if status != "ok" and rejected_file is not None:
+                    rejected.append(
+                        {
+                            "frame": int(getattr(r, "index", -1)),
+                            "file": Path(str(getattr(r, "path", ""))).name,
+                            "status": str(status),
+                            "reason": str(getattr(r, "reason", "")),
+                        }
+                    )
+                    try:
+                        write_progress(rejected_file, rejected)
+                    except OSError as exc:  # progress is worth less than the run
+                        log.warning("rejected frames not recorded: %s", exc)
             report(state["done"], total, force=r is None)
 
         return step
@@ -224,7 +241,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     first_started = row.started
     tool.status = rec.RunStatus.pending
     settings = Settings.model_validate(tool.settings)
-    _install_progress(_reporter(sm, run_id, a.attempt))
+    from tsphot.api.web import PROGRESS_FILE
+
+    rejected_file = Path(settings.out).parent / PROGRESS_FILE
+    rejected_file.unlink(missing_ok=True)  # a new attempt starts its list over
+    _install_progress(_reporter(sm, run_id, a.attempt), rejected_file)
     log.info("run %s attempt %d%s", run_id, a.attempt, " (resuming)" if row.resume else "")
     try:
         run_pipeline(settings, tool, bool(row.resume))
