@@ -217,22 +217,29 @@ def test_page_runs_a_night_end_to_end(server, browser, night, tmp_path):
         page.get_by_label("Elevation (m)").fill(str(elev))
         page.get_by_label("AAVSO observer code").fill("TST01")
         page.get_by_label("Name of the run").fill("simulated night")
-        page.get_by_label("Aperture radius (px)").fill("6")
+        # the simulated night's own apertures (its tsphot.toml), as the API tests use
+        page.get_by_label("Aperture radius (px)").fill("8")
+        page.get_by_label("Annulus inner radius (px)").fill("15")
+        page.get_by_label("Annulus outer radius (px)").fill("25")
         # the circles follow the radius fields: the canvas changes when the radius does
         before = page.eval_on_selector("#ref-canvas", "c => c.toDataURL()")
-        page.get_by_label("Aperture radius (px)").fill("8")
+        page.get_by_label("Aperture radius (px)").fill("10")
         assert page.eval_on_selector("#ref-canvas", "c => c.toDataURL()") != before
-        page.get_by_label("Aperture radius (px)").fill("6")
+        page.get_by_label("Aperture radius (px)").fill("8")
         page.locator("#ref-canvas").scroll_into_view_if_needed()
         shots(page, "new-run")
         page.get_by_role("button", name="Start the run").click()
-        page.wait_for_url("**/#/runs/*", timeout=60_000)
+        page.wait_for_selector("#run-progress, #start-failed", timeout=60_000)
+        assert page.locator("#start-failed").count() == 0, page.inner_text("#start-failed")
+        assert not errors, errors
         run_id = page.url.rsplit("/", 1)[-1]
-        page.wait_for_selector("#run-progress")
         shots(page, "run-progress")
 
         # 4. wait for the run; the light curve, its table, the stars, plots and downloads
-        page.wait_for_selector("#run-results[data-ready=true]", timeout=RUN_TIMEOUT_MS)
+        page.wait_for_selector(
+            "#run-results[data-ready=true], #run-error", timeout=RUN_TIMEOUT_MS, state="attached"
+        )
+        assert page.locator("#run-error").count() == 0, page.inner_text("#run-error")
         page.wait_for_function("document.querySelector('#plot-noise')?.complete")
         page.wait_for_function("document.querySelector('#plot-conditions')?.complete")
         shots(page, "light-curve")

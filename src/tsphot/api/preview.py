@@ -18,6 +18,7 @@ from tsphot.errors import InputError
 
 MAX_DISPLAY = 2048  # px: a larger frame is shown binned by an integer factor
 MAX_STARS = 1000
+MIN_FWHM = 1.5  # px: sharper detections are single hot pixels or cosmic rays
 SATURATED_FRACTION = 0.95  # of the saturation level (the pipeline flags peak >= saturation)
 
 
@@ -68,10 +69,12 @@ def stars(data: np.ndarray, saturation: float, nsigma: float = 5.0) -> dict[str,
     """Detected stars of a frame (brightest first): position (0-based px), FWHM (px), peak
     (ADU, the raw maximum within 2 px) and whether it is saturated."""
     src = detect.find_sources(data, nsigma, saturation=saturation, max_sources=MAX_STARS)
-    fwhm = detect.fwhm_at(data, src.x, src.y) if len(src) else np.empty(0)
+    fwhm = _fwhm_half_max(data, src.x, src.y)
     ny, nx = data.shape
     out = []
     for i in range(len(src)):
+        if not fwhm[i] >= MIN_FWHM:  # a hot pixel or cosmic ray of a raw frame, not a star
+            continue
         ix, iy = round(float(src.x[i])), round(float(src.y[i]))
         box = data[max(iy - 2, 0) : min(iy + 3, ny), max(ix - 2, 0) : min(ix + 3, nx)]
         peak = float(np.nanmax(box)) if box.size else float("nan")
@@ -84,11 +87,32 @@ def stars(data: np.ndarray, saturation: float, nsigma: float = 5.0) -> dict[str,
                 "saturated": bool(math.isfinite(peak) and peak >= SATURATED_FRACTION * saturation),
             }
         )
+    # the frame's FWHM: median of its bright unsaturated stars' (a raw frame's hot pixels and
+    # cosmic rays make the detection's own estimate too small)
+    good = [s["fwhm"] for s in out[:50] if not s["saturated"]]
+    frame_fwhm = float(np.median(good)) if good else src.fwhm
     return {
-        "fwhm": round(src.fwhm, 2) if math.isfinite(src.fwhm) else None,
+        "fwhm": round(frame_fwhm, 2) if math.isfinite(frame_fwhm) else None,
         "background": round(src.background, 1),
         "stars": out,
     }
+
+
+def _fwhm_half_max(data: np.ndarray, x: np.ndarray, y: np.ndarray, half: int = 7) -> np.ndarray:
+    """FWHM (px) of each star from the area above half its peak, FWHM = 2 sqrt(area / π): the
+    definition detect.py uses for a frame (second moments overestimate it in a star's wings)."""
+    out = np.full(len(x), np.nan)
+    ny, nx = data.shape
+    for i, (xc, yc) in enumerate(zip(x, y, strict=True)):
+        ix, iy = round(float(xc)), round(float(yc))
+        if not (half <= ix < nx - half and half <= iy < ny - half):
+            continue
+        cut = data[iy - half : iy + half + 1, ix - half : ix + half + 1].astype(float)
+        cut = cut - np.median(np.concatenate([cut[0], cut[-1], cut[:, 0], cut[:, -1]]))
+        peak = cut[half - 1 : half + 2, half - 1 : half + 2].max()
+        if peak > 0:
+            out[i] = 2.0 * np.sqrt(np.count_nonzero(cut >= 0.5 * peak) / np.pi)
+    return out
 
 
 def cutout(data: np.ndarray, x: float, y: float, half: int) -> tuple[np.ndarray, int, int]:

@@ -790,14 +790,14 @@ function viewNew() {
     { class: "card", id: "step-reference", hidden: !nr.ref, "aria-labelledby": "h-ref" },
     h("h3", { id: "h-ref" }, "2. Target and comparison stars"),
     h("div", { class: "toolbar" },
-      h("button", { type: "button", onclick: () => zoom(1.25), "aria-label": "zoom in" }, "＋"),
-      h("button", { type: "button", onclick: () => zoom(0.8), "aria-label": "zoom out" }, "－"),
+      h("button", { type: "button", onclick: () => zoom(1.25), "aria-label": "zoom in" }, "+"),
+      h("button", { type: "button", onclick: () => zoom(0.8), "aria-label": "zoom out" }, "−"),
       h("button", { type: "button", onclick: fit }, "Fit"),
       placeRadios,
       h("label", { class: "radio" }, autoComps, " Choose comparison stars automatically")),
     wrap,
     cursor,
-    h("p", { class: "help" }, "Drag to pan, wheel or ＋/－ to zoom (keys: + − 0 and arrows when the image has focus). A click snaps to the star under it. Circles: aperture (solid), sky annulus (dashed)."),
+    h("p", { class: "help" }, "Drag to pan, wheel or +/− to zoom (keys: + − 0 and arrows when the image has focus). A click snaps to the star under it. Circles: aperture (solid), sky annulus (dashed)."),
     h("div", { class: "fields" }, apField, an1Field, an2Field),
     h("div", { class: "table-wrap" }, h("table", { id: "objects" },
       h("caption", {}, "Objects (0-based pixels on the reference frame)"),
@@ -860,6 +860,9 @@ function viewNew() {
         throw new ApiError("no target: click on the target in the image (or add it by position)");
       }
       const [r, a1, a2] = radii();
+      if (!(r > 0 && a1 > r && a2 > a1)) {
+        throw new ApiError(`apertures: give radius < annulus inner < annulus outer (now ${r}, ${a1}, ${a2} px)`);
+      }
       const obscode = document.getElementById("obscode").value.trim();
       const spec = (o) => ({ name: o.name, x: o.x, y: o.y });
       const settings = {
