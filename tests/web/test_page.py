@@ -54,14 +54,22 @@ ARGS = [
     "--disable-sync",
 ]
 RUN_TIMEOUT_MS = 150_000
+CLOUD_FRAME = 12
 
 
 @pytest.fixture(scope="module")
 def night(tmp_path_factory):
-    """A 20-frame, 256x256 px night with a transit, a check star, a saturated star."""
+    """A 20-frame, 256x256 px night with a transit, a check star, a saturated star and one
+    frame of pure cloud (frame 12), which the run rejects."""
     base = tmp_path_factory.mktemp("webnight")
     cfg = synthetic.SimConfig(
-        n_frames=20, size=(256, 256), n_stars=60, seed=7, exptime=120.0, cadence=360.0
+        n_frames=20,
+        size=(256, 256),
+        n_stars=60,
+        seed=7,
+        exptime=120.0,
+        cadence=360.0,
+        cloud_frame=CLOUD_FRAME,
     )
     truth = synthetic.simulate_night(base / "night", cfg)
     return base / "night", truth
@@ -108,7 +116,9 @@ class Shots:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.extra = Path(os.environ["TSPHOT_WEB_SHOTS"]) if "TSPHOT_WEB_SHOTS" in os.environ else None
+        self.extra = (
+            Path(os.environ["TSPHOT_WEB_SHOTS"]) if "TSPHOT_WEB_SHOTS" in os.environ else None
+        )
         self.taken: list[Path] = []
 
     def __call__(self, page, name: str, full_page: bool = True) -> None:
@@ -243,6 +253,13 @@ def test_page_runs_a_night_end_to_end(server, browser, night, tmp_path):
         page.wait_for_function("document.querySelector('#plot-noise')?.complete")
         page.wait_for_function("document.querySelector('#plot-conditions')?.complete")
         shots(page, "light-curve")
+        # the cloudy frame is rejected, and the page says why
+        rej = page.eval_on_selector_all(
+            "#rejected-table tbody tr", "rows => rows.map(r => ({...r.dataset}))"
+        )
+        assert len(rej) == 1 and rej[0]["frame"] == str(CLOUD_FRAME), rej
+        assert rej[0]["file"] == "sci_0012.fits" and "cannot register" in rej[0]["reason"], rej
+        assert str(srv.data_dir) not in rej[0]["reason"]  # no server folder shown
 
         h = {"Authorization": f"Bearer {token}"}
         run = httpx.get(f"{srv.url}{RES}/{run_id}", headers=h).json()

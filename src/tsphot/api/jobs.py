@@ -110,12 +110,17 @@ def _install_progress(report: Any, rejected_file: Path | None = None) -> None:
                 state["done"] += 1
                 status = getattr(r, "status", "ok")
                 if status != "ok" and rejected_file is not None:
+                    path = str(getattr(r, "path", ""))
+                    name = Path(path).name
                     rejected.append(
                         {
                             "frame": int(getattr(r, "index", -1)),
-                            "file": Path(str(getattr(r, "path", ""))).name,
+                            "file": name,
                             "status": str(status),
-                            "reason": str(getattr(r, "reason", "")),
+                            # the client sees file names, not the server's folders
+                            "reason": str(getattr(r, "reason", "")).replace(path, name)
+                            if path
+                            else str(getattr(r, "reason", "")),
                         }
                     )
                     try:

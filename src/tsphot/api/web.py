@@ -290,7 +290,12 @@ def get_progress(run_id: RunId, who: Who, s: DB, st: St) -> Any:
     stack = _stack(s, run_id) if row.status == "done" else None
     if stack is not None:  # the run's own record of every exposure
         rejected = [
-            RejectedFrame(frame=e.order, file=Path(e.path).name, status=e.status, reason=e.reason)
+            RejectedFrame(
+                frame=e.order,
+                file=Path(e.path).name,
+                status=e.status,
+                reason=e.reason.replace(e.path, Path(e.path).name),  # no server paths
+            )
             for e in stack.exposures
             if e.status != "ok"
         ]

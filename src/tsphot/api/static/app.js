@@ -946,11 +946,11 @@ async function viewRun(id) {
     bar.value = prog.done;
     document.getElementById("run-progress-text").textContent =
       run.status === "pending" ? "Waiting for a worker…" : `${prog.done} of ${prog.total} frames measured, ${prog.rejected.length} rejected.`;
-    document.getElementById("rejected").replaceChildren(rejectedTable(prog.rejected));
+    document.getElementById("rejected").replaceChildren(rejectedTable(prog.rejected, "rejected-live"));
     live.hidden = !["pending", "running"].includes(run.status);
     if (run.status === "failed") {
       failed.replaceChildren(errorBox("run-error", `This run failed: ${run.reason || "no reason recorded"}`));
-      if (prog.rejected.length) failed.append(rejectedTable(prog.rejected));
+      if (prog.rejected.length) failed.append(rejectedTable(prog.rejected, "rejected-failed"));
       shown = true;
     } else if (run.status === "done") {
       shown = true;
@@ -959,12 +959,12 @@ async function viewRun(id) {
   });
 }
 
-function rejectedTable(rejected) {
+function rejectedTable(rejected, id = "rejected-table") {
   if (!rejected.length) return h("p", { class: "help" }, "No frame rejected.");
-  return h("div", { class: "table-wrap" }, h("table", { id: "rejected-table" },
+  return h("div", { class: "table-wrap" }, h("table", { id },
     h("caption", {}, `Frames rejected (${rejected.length})`),
     h("thead", {}, h("tr", {}, ["Frame", "File", "Why"].map((t) => h("th", { scope: "col" }, t)))),
-    h("tbody", {}, rejected.map((r) => h("tr", {}, h("td", {}, r.frame), h("td", {}, r.file), h("td", {}, r.reason || r.status))))));
+    h("tbody", {}, rejected.map((r) => h("tr", { dataset: { frame: r.frame, file: r.file, reason: r.reason } }, h("td", {}, r.frame), h("td", {}, r.file), h("td", {}, r.reason || r.status))))));
 }
 
 async function allResults(id, params = "") {
@@ -1027,21 +1027,24 @@ async function showResults(run, prog, box) {
             h("td", {}, p.frame), h("td", {}, p.file), h("td", {}, rows[p.frame].BJD_TDB), h("td", {}, rows[p.frame].rel_flux), h("td", {}, rows[p.frame].rel_flux_err), h("td", {}, p.status),
             h("td", {}, h("button", { type: "button", class: "link", onclick: () => showFrame(p), "aria-label": `show frame ${p.frame}` }, "show")))))))),
     );
-    return t0;
+    return [t0, points.filter((p) => Number.isFinite(p.x))];
   }
   picker.addEventListener("change", () => showCurve(picker.value));
 
   // comparison stars: each one's flux over its median, and the check stars' curves
-  async function showStars(t0) {
+  async function showStars(t0, times) {
     const rows = await allResults(id);
-    const series = comps.map((c) => {
-      const mine = rows.filter((r) => r.object === c.name && r.status === "ok" && r.flux > 0);
+    // the time of each frame, from the light curve (result rows of comparison stars carry none)
+    const xOf = new Map(times.map((p) => [p.frame, p.x]));
+    const shown = comps.filter((c) => c.used).sort((a, b) => (b.weight || 0) - (a.weight || 0)).slice(0, 8);
+    const series = shown.map((c) => {
+      const mine = rows.filter((r) => r.object === c.name && r.status === "ok" && r.flux > 0 && xOf.has(r.frame));
       const med = median(mine.map((r) => r.flux));
-      return { name: c.name, className: c.used === false ? "rejected" : "comp", points: mine.map((r) => ({ frame: r.frame, x: r.bjd_tdb - t0, y: r.flux / med, file: r.file })) };
+      return { name: c.name, className: "comp", points: mine.map((r) => ({ frame: r.frame, x: xOf.get(r.frame), y: r.flux / med, file: r.file })) };
     });
     const parts = [];
     if (series.length) {
-      parts.push(lineChart({ id: "comp-chart", title: "Comparison stars: flux / median (rejected ones dashed)", xLabel: `BJD_TDB − ${t0}`, yLabel: "flux / median", series, tooltip: (p, s) => `${s.name} · frame ${p.frame} · ${fmt(p.y, 4)}` }));
+      parts.push(lineChart({ id: "comp-chart", title: `Comparison stars in the ensemble (${series.length} of highest weight): flux / its median — clouds and airmass are common to all`, xLabel: `BJD_TDB − ${t0}`, yLabel: "flux / median", series, tooltip: (p, s) => `${s.name} · frame ${p.frame} · ${p.file} · ${fmt(p.y, 4)}` }));
     }
     for (const c of curves.filter((o) => o.role === "check")) {
       const { rows: lc } = parseCSV(await (await api(`${RES}/${id}/lightcurves/${encodeURIComponent(c.name)}?format=csv`)).text());
@@ -1090,8 +1093,8 @@ async function showResults(run, prog, box) {
     s && Object.keys(s).length ? h("details", { class: "card" }, h("summary", {}, "Run summary (JSON)"), h("pre", {}, JSON.stringify(s, null, 2))) : "",
   );
   if (curves.length) {
-    const t0 = await showCurve(curves[0].name);
-    await showStars(t0);
+    const [t0, times] = await showCurve(curves[0].name);
+    await showStars(t0, times);
   }
   box.dataset.ready = "true";
 }
