@@ -212,7 +212,7 @@ Bin = Annotated[int | None, Query(ge=1, le=16, description="binning (default: fi
 
 @router.get(
     "/uploads/{upload_id}/image.png",
-    response_class=PNGResponse,
+    response_class=Response,  # (errors stay documented as JSON; 200 is the PNG below)
     tags=["page"],
     responses={**COMMON, **PNG},
 )
@@ -237,7 +237,7 @@ def _one_file(st: State, path: str) -> str:
 
 @router.get(
     "/files/image.png",
-    response_class=PNGResponse,
+    response_class=Response,  # (errors stay documented as JSON; 200 is the PNG below)
     tags=["page"],
     responses={**R401, **PNG},
 )
@@ -316,7 +316,7 @@ def get_progress(run_id: RunId, who: Who, s: DB, st: St) -> Any:
 
 @router.get(
     RESOURCE + "/{run_id}/frames/{frame}/cutout.png",
-    response_class=PNGResponse,
+    response_class=Response,  # (errors stay documented as JSON; 200 is the PNG below)
     tags=["page"],
     responses={**COMMON, **R409, **PNG},
 )
