@@ -18,7 +18,7 @@ from tsphot.errors import InputError
 
 MAX_DISPLAY = 2048  # px: a larger frame is shown binned by an integer factor
 MAX_STARS = 1000
-MIN_FWHM = 1.5  # px: sharper detections are single hot pixels or cosmic rays
+MIN_FWHM = 1.9  # px (3 pixels above half the peak): sharper ones are hot pixels, cosmic rays
 SATURATED_FRACTION = 0.95  # of the saturation level (the pipeline flags peak >= saturation)
 
 

@@ -416,6 +416,7 @@ def mount_page(app: FastAPI) -> None:
 
 def write_progress(path: Path, rejected: list[dict[str, Any]]) -> None:
     """Write a running run's rejected frames for …/progress (atomically: the API reads it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"rejected": rejected}))
     os.replace(tmp, path)
