@@ -86,12 +86,14 @@ def _token(data_dir: Path, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`tsphot serve` on a loopback port over SQLite, with one user."""
+def server(tmp_path_factory, night):
+    """`tsphot serve` on a loopback port over SQLite, with one user; the night's folder is
+    its data root (for the page's "folder on the server")."""
     base = tmp_path_factory.mktemp("webserve")
     data = base / "data"
     token = _token(data, "alice")
-    srv = Served(data, "--run-executor", "serial")
+    root = night[0].parent
+    srv = Served(data, "--run-executor", "serial", "--data-root", str(root))
     srv.start()
     try:
         yield srv, token
@@ -237,6 +239,21 @@ def test_page_runs_a_night_end_to_end(server, browser, night, tmp_path):
         page.get_by_label("Aperture radius (px)").fill("8")
         page.locator("#ref-canvas").scroll_into_view_if_needed()
         shots(page, "new-run")
+        # every form control has a name a screen reader says (a label, or aria-label)
+        unnamed = page.evaluate(
+            """[...document.querySelectorAll('input, select, button, canvas')]
+                 .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                              && !e.textContent.trim())
+                 .map(e => e.outerHTML.slice(0, 80))"""
+        )
+        assert not unnamed, unnamed
+        # the form is usable from the keyboard: Tab reaches the start button
+        page.focus("#run-name")
+        for _ in range(5):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == "start":
+                break
+        assert page.evaluate("document.activeElement.id") == "start"
         page.get_by_role("button", name="Start the run").click()
         page.wait_for_selector("#run-progress, #start-failed", timeout=60_000)
         assert page.locator("#start-failed").count() == 0, page.inner_text("#start-failed")
@@ -249,8 +266,8 @@ def test_page_runs_a_night_end_to_end(server, browser, night, tmp_path):
             "#run-results[data-ready=true], #run-error", timeout=RUN_TIMEOUT_MS, state="attached"
         )
         assert page.locator("#run-error").count() == 0, page.inner_text("#run-error")
-        page.wait_for_function("document.querySelector('#plot-noise')?.complete")
-        page.wait_for_function("document.querySelector('#plot-conditions')?.complete")
+        page.wait_for_function("() => document.querySelector('#plot-noise')?.complete")
+        page.wait_for_function("() => document.querySelector('#plot-conditions')?.complete")
         shots(page, "light-curve")
         # the cloudy frame is rejected, and the page says why
         rej = page.eval_on_selector_all(
@@ -336,6 +353,20 @@ def test_page_says_why_an_upload_and_a_run_failed(server, browser, night, tmp_pa
         page.wait_for_selector("#signin")
         _sign_in(page, token)
         page.goto(srv.url + "/#/new")
+        # exposures from a folder on the server: browse to it, use it, see its reference frame
+        page.get_by_label("a folder on the server").check()
+        page.get_by_role("button", name="Browse").click()
+        page.get_by_role("button", name="📁 night").click()
+        page.get_by_role("button", name="📁 raw").click()
+        page.wait_for_function("() => document.querySelector('#folder').value === 'night/raw'")
+        page.get_by_label("Folder (or glob) under the server's data root").fill(
+            "night/raw/sci_*.fits"
+        )
+        page.get_by_role("button", name="Use these exposures").click()
+        page.wait_for_selector("#ref-canvas[data-scale]")
+        assert "sci_0000.fits (the first of 20 exposure(s)" in page.inner_text("#ref-info")
+        shots(page, "server-folder")
+        page.get_by_label("files uploaded from this computer").check()
         bad = tmp_path / "notes.fits"
         bad.write_text("these are notes, not an exposure\n" * 40)
         page.set_input_files("#files", [str(bad)])

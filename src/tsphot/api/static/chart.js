@@ -37,8 +37,9 @@ function extent(values, pad = 0.05) {
  * className?}], zoomable?, tooltip(p, series) → text, onClick(p, series)}) → a <figure>.
  */
 export function lineChart(opts) {
-  const W = 900;
-  const H = 360;
+  // the drawing's own units follow the screen, so its text stays readable on a phone
+  const W = Math.round(Math.max(340, Math.min(900, window.innerWidth - 48)));
+  const H = Math.round(Math.max(240, W * 0.4));
   const M = { l: 70, r: 16, t: 12, b: 46 };
   const all = opts.series.flatMap((s) => s.points);
   const full = {
@@ -130,8 +131,9 @@ export function lineChart(opts) {
     svg.append(g);
     if (opts.series.length > 1) {
       const legend = svgEl("g", { class: "legend" });
+      const per = W < 600 ? 3 : 6;
       opts.series.slice(0, 12).forEach((s, k) => {
-        const t = svgEl("text", { x: M.l + 8 + (k % 6) * 70, y: M.t + 14 + Math.floor(k / 6) * 14, class: `series s${k % 8} ${s.className || ""}` });
+        const t = svgEl("text", { x: M.l + 8 + (k % per) * 70, y: M.t + 14 + Math.floor(k / per) * 14, class: `series s${k % 8} ${s.className || ""}` });
         t.textContent = s.name;
         legend.append(t);
       });
