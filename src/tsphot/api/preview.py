@@ -19,7 +19,6 @@ from tsphot.errors import InputError
 MAX_DISPLAY = 2048  # px: a larger frame is shown binned by an integer factor
 MAX_STARS = 1000
 MIN_FWHM = 1.9  # px (3 pixels above half the peak): sharper ones are hot pixels, cosmic rays
-SATURATED_FRACTION = 0.95  # of the saturation level (the pipeline flags peak >= saturation)
 
 
 def reference_frame(paths: list[str]) -> tuple[int, ingest.FrameInfo]:
@@ -84,7 +83,8 @@ def stars(data: np.ndarray, saturation: float, nsigma: float = 5.0) -> dict[str,
                 "y": round(float(src.y[i]), 2),
                 "fwhm": round(float(fwhm[i]), 2) if np.isfinite(fwhm[i]) else None,
                 "peak": round(peak, 1) if math.isfinite(peak) else None,
-                "saturated": bool(math.isfinite(peak) and peak >= SATURATED_FRACTION * saturation),
+                # the pipeline's own rule (measure.py): a peak at or above the saturation level
+                "saturated": bool(math.isfinite(peak) and peak >= saturation),
             }
         )
     # the frame's FWHM: median of its bright unsaturated stars' (a raw frame's hot pixels and

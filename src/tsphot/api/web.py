@@ -69,7 +69,7 @@ class Star(BaseModel):
     y: float = Field(..., description="0-based row (px)")
     fwhm: float | None = Field(None, description="px, from its second moments")
     peak: float | None = Field(None, description="raw ADU, maximum within 2 px")
-    saturated: bool = Field(False, description="peak at or above 95 % of the saturation level")
+    saturated: bool = Field(False, description="peak at or above the saturation level")
 
 
 class Reference(BaseModel):

@@ -329,7 +329,13 @@ async function viewRuns() {
     ),
   );
   every(2000, async () => {
-    const page = await getJSON(`${RES}?limit=100`);
+    let page;
+    try {
+      page = await getJSON(`${RES}?limit=100`);
+    } catch (e) {
+      note.replaceChildren(errorBox("runs-error", `Your runs could not be read: ${e.message}`));
+      throw e;
+    }
     body.replaceChildren(
       ...page.items.map((r) =>
         h(
@@ -700,22 +706,30 @@ function viewNew() {
       ctx.stroke();
     }
     const [r, a1, a2] = radii();
-    const colours = { target: "#3fd27f", comp: "#4da3ff", check: "#ffb84d" };
+    const colours = { target: "#39ff88", comp: "#5cc8ff", check: "#ffc24d" };
     for (const o of nr.objects) {
       const [cx, cy] = toCanvas(o.x, o.y);
-      ctx.strokeStyle = colours[o.role];
-      ctx.lineWidth = 1.5;
-      for (const [rad, dash] of [[r, []], [a1, [4, 3]], [a2, [4, 3]]]) {
+      // each circle twice: a dark edge under the colour, visible on sky and on stars alike
+      for (const [rad, dash] of [[r, []], [a1, [5, 4]], [a2, [5, 4]]]) {
         if (!(rad > 0)) continue;
         ctx.setLineDash(dash);
-        ctx.beginPath();
-        ctx.arc(cx, cy, rad * pxScale, 0, 2 * Math.PI);
-        ctx.stroke();
+        for (const [style, width] of [["rgba(0,0,0,0.8)", 4], [colours[o.role], 2]]) {
+          ctx.strokeStyle = style;
+          ctx.lineWidth = width;
+          ctx.beginPath();
+          ctx.arc(cx, cy, rad * pxScale, 0, 2 * Math.PI);
+          ctx.stroke();
+        }
       }
       ctx.setLineDash([]);
+      ctx.font = "bold 14px system-ui, sans-serif";
+      const lx = cx + Math.max(a2 * pxScale, 8) * 0.72;
+      const ly = cy - Math.max(a2 * pxScale, 8) * 0.72;
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = "rgba(0,0,0,0.9)";
+      ctx.strokeText(o.name, lx, ly);
       ctx.fillStyle = colours[o.role];
-      ctx.font = "bold 13px system-ui, sans-serif";
-      ctx.fillText(o.name, cx + Math.max(a2 * pxScale, 8) * 0.72, cy - Math.max(a2 * pxScale, 8) * 0.72);
+      ctx.fillText(o.name, lx, ly);
     }
     if (nr.hover) {
       const [cx, cy] = toCanvas(nr.hover.x, nr.hover.y);
