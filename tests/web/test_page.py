@@ -69,6 +69,9 @@ def night(tmp_path_factory):
         exptime=120.0,
         cadence=360.0,
         cloud_frame=CLOUD_FRAME,
+        n_bias=3,
+        n_dark=2,
+        n_flat=3,
     )
     truth = synthetic.simulate_night(base / "night", cfg)
     return base / "night", truth
@@ -413,7 +416,7 @@ def test_page_says_when_the_server_does_not_answer(browser, night, tmp_path_fact
         _sign_in(page, token)
         page.get_by_role("link", name="New run", exact=True).first.click()
         page.wait_for_selector("#files")
-        srv.stop()
+        srv.kill9()  # the server dies (a graceful stop would wait for the page's connections)
         # acting on the page: uploading a file to a server that is gone
         page.set_input_files("#files", [str(night_dir / "raw" / "sci_0000.fits")])
         banner = page.wait_for_selector("#banner:not([hidden])", timeout=20_000)
