@@ -262,6 +262,12 @@ def test_page_runs_a_night_end_to_end(server, browser, night, tmp_path):
         assert page.locator("#start-failed").count() == 0, page.inner_text("#start-failed")
         assert not errors, errors
         run_id = page.url.rsplit("/", 1)[-1]
+        # live progress: frames measured of the night's 20, while the run goes
+        page.wait_for_function(
+            "() => /^[1-9][0-9]* of 20 frames measured/.test("
+            "document.querySelector('#run-progress-text')?.textContent || '')",
+            timeout=RUN_TIMEOUT_MS,
+        )
         shots(page, "run-progress")
 
         # 4. wait for the run; the light curve, its table, the stars, plots and downloads
@@ -302,6 +308,18 @@ def test_page_runs_a_night_end_to_end(server, browser, night, tmp_path):
         depth = truth.config.transit_depth
         assert np.nanmax(flux) - np.nanmin(flux) > 0.5 * depth
 
+        # dragging across the plot zooms into that stretch of time; "Reset zoom" undoes it
+        n_all = page.locator("#lc-chart circle.pt").count()
+        assert n_all == sum(str(v) == "True" for v in api_lc["valid"]) == 19  # not the cloud
+        plot = page.locator("#lc-chart svg").bounding_box()
+        y_mid = plot["y"] + plot["height"] / 2
+        page.mouse.move(plot["x"] + plot["width"] * 0.3, y_mid)
+        page.mouse.down()
+        page.mouse.move(plot["x"] + plot["width"] * 0.6, y_mid, steps=5)
+        page.mouse.up()
+        assert 0 < page.locator("#lc-chart circle.pt").count() < n_all
+        page.get_by_role("button", name="Reset zoom").click()
+        assert page.locator("#lc-chart circle.pt").count() == n_all
         # hover shows a point's frame, time and error; a click shows its frame's cut-out
         pt = page.locator("#lc-chart circle.pt").nth(5)
         pt.hover()
