@@ -68,7 +68,10 @@ def stars(data: np.ndarray, saturation: float, nsigma: float = 5.0) -> dict[str,
     """Detected stars of a frame (brightest first): position (0-based px), FWHM (px), peak
     (ADU, the raw maximum within 2 px) and whether it is saturated."""
     src = detect.find_sources(data, nsigma, saturation=saturation, max_sources=MAX_STARS)
-    fwhm = _fwhm_half_max(data, src.x, src.y)
+    # each star's FWHM from the area above half its peak, FWHM = 2 sqrt(area / π): the measure
+    # detect.py uses (second moments overestimate it in a star's wings)
+    back, _, _ = detect.background(data)
+    fwhm = 2.0 * np.sqrt(detect._half_max_area(data - back, src.x, src.y) / np.pi)
     ny, nx = data.shape
     out = []
     for i in range(len(src)):
@@ -96,23 +99,6 @@ def stars(data: np.ndarray, saturation: float, nsigma: float = 5.0) -> dict[str,
         "background": round(src.background, 1),
         "stars": out,
     }
-
-
-def _fwhm_half_max(data: np.ndarray, x: np.ndarray, y: np.ndarray, half: int = 7) -> np.ndarray:
-    """FWHM (px) of each star from the area above half its peak, FWHM = 2 sqrt(area / π): the
-    definition detect.py uses for a frame (second moments overestimate it in a star's wings)."""
-    out = np.full(len(x), np.nan)
-    ny, nx = data.shape
-    for i, (xc, yc) in enumerate(zip(x, y, strict=True)):
-        ix, iy = round(float(xc)), round(float(yc))
-        if not (half <= ix < nx - half and half <= iy < ny - half):
-            continue
-        cut = data[iy - half : iy + half + 1, ix - half : ix + half + 1].astype(float)
-        cut = cut - np.median(np.concatenate([cut[0], cut[-1], cut[:, 0], cut[:, -1]]))
-        peak = cut[half - 1 : half + 2, half - 1 : half + 2].max()
-        if peak > 0:
-            out[i] = 2.0 * np.sqrt(np.count_nonzero(cut >= 0.5 * peak) / np.pi)
-    return out
 
 
 def cutout(data: np.ndarray, x: float, y: float, half: int) -> tuple[np.ndarray, int, int]:
