@@ -211,6 +211,17 @@ def test_page_runs_a_night_end_to_end(server, browser, night, tmp_path):
         gy = float(row.locator("input.obj-y").input_value())
         assert abs(gx - tx) < 1.0 and abs(gy - ty) < 1.0, ((gx, gy), (tx, ty))
         assert page.locator("#objects-body input.obj-name").first.input_value() == "T1"
+        # the next click places a comparison star (and turns "choose automatically" off);
+        # removing it and turning it back on leaves the choice to the ensemble
+        cx, cy = _star(truth, "C1")
+        page.mouse.click(*_canvas_point(page, cx, cy))
+        comp = page.locator("#objects-body tr").nth(1)
+        assert comp.get_attribute("data-role") == "comp"
+        assert abs(float(comp.locator("input.obj-x").input_value()) - cx) < 1.0
+        assert not page.is_checked("#auto-comps")
+        page.get_by_role("button", name="remove C1").click()
+        page.check("#auto-comps")
+        assert page.locator("#objects-body tr").count() == 1
         # a check star by keyboard-typed position (the form's keyboard path)
         kx, ky = _star(truth, "CHK")
         page.select_option("#add-role", "check")
