@@ -383,6 +383,11 @@ def test_page_says_why_an_upload_and_a_run_failed(server, browser, night, tmp_pa
     ctx, page, errors, _ = _page(browser, srv.url, viewport=(390, 844))
     try:
         page.wait_for_selector("#signin")
+        # a mistyped token is refused in words
+        page.get_by_label("API token").fill(token[:-3] + "xyz")
+        page.get_by_role("button", name="Sign in").click()
+        refused = page.wait_for_selector("#signin-error .error")
+        assert "not recognised" in refused.inner_text(), refused.inner_text()
         _sign_in(page, token)
         page.goto(srv.url + "/#/new")
         # exposures from a folder on the server: browse to it, use it, see its reference frame
