@@ -91,6 +91,20 @@ def test_reference_and_folders_refuse_what_they_cannot_use(api, tmp_path):
     bias_only = {"paths": ["night/raw/bias_*.fits"]}
     r = a.client.post("/api/v1/reference", headers=h, json=bias_only)
     assert r.status_code == 422 and "no usable science exposure" in r.json()["detail"][0]["msg"]
+    assert str(a.cfg.data_root) not in r.json()["detail"][0]["msg"]  # the client's names only
+    # a FITS file without an image: its picture is refused naming it, not the server's copy
+    from astropy.io import fits
+
+    empty = tmp_path / "header_only.fits"
+    fits.PrimaryHDU().writeto(empty)
+    with open(empty, "rb") as fh:
+        up0 = a.client.post("/api/v1/uploads", headers=h, files={"file": fh}).json()
+    r = a.client.get(f"/api/v1/uploads/{up0['id']}/image.png", headers=h)
+    msg = r.json()["detail"][0]["msg"]
+    assert r.status_code == 422 and "header_only.fits" in msg and str(a.cfg.data_dir) not in msg
+    r = a.client.post("/api/v1/reference", headers=h, json={"uploads": [up0["id"]]})
+    msg = r.json()["detail"][0]["msg"]
+    assert r.status_code == 422 and str(a.cfg.data_dir) not in msg, msg
     other = a.user("bob")
     with open(a.cfg.data_root / "night" / "raw" / "sci_0001.fits", "rb") as fh:
         up = a.client.post("/api/v1/uploads", headers=other, files={"file": fh}).json()

@@ -6,6 +6,7 @@ files, no build step) is served at ``/`` by ``mount_page``."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from tsphot import ingest
+from tsphot import records as rec
 from tsphot.api import models as m
 from tsphot.api import paths, preview, uploads
 from tsphot.api import schemas as sch
@@ -175,7 +177,10 @@ def reference(body: sch.FileSet, who: Who, s: DB, st: St) -> Any:
         index, info = preview.reference_frame([f for f, _, _ in files])
         data, _ = ingest.read_pixels(info.path, info.pedestal)
     except TsphotError as exc:
-        raise _field_err(["body"], str(exc), "no_reference") from None
+        text = str(exc)
+        for f, upload, rel in files:  # the client's names for its files, not the server's
+            text = text.replace(f, upload.filename if upload is not None else rel)
+        raise _field_err(["body"], text, "no_reference") from None
     saturation = float(info.saturation or 65535.0)
     found = preview.stars(data, saturation)
     _, upload, rel = files[index]
@@ -190,19 +195,19 @@ def reference(body: sch.FileSet, who: Who, s: DB, st: St) -> Any:
         height=ny,
         bin=preview.display_bin(data.shape),
         date_obs=info.date_obs,
-        jd_utc_mid=info.jd_utc_mid if info.jd_utc_mid == info.jd_utc_mid else None,
+        jd_utc_mid=info.jd_utc_mid if math.isfinite(info.jd_utc_mid) else None,
         filter=info.filter,
         saturation=saturation,
         **found,
     )
 
 
-def _png(path: str, bin_: int | None) -> Response:
+def _png(path: str, name: str, loc: list[str], bin_: int | None) -> Response:
+    """A file's zscaled picture; errors name the file as the client knows it."""
     try:
         data, _ = ingest.read_pixels(path)
     except TsphotError as exc:
-        name = Path(path).name
-        raise _field_err(["path"], f"{name}: {exc}".replace(path, name), "not_an_image") from None
+        raise _field_err(loc, str(exc).replace(path, name), "not_an_image") from None
     png, lo, hi = preview.zscale_png(data, bin_ or preview.display_bin(data.shape))
     return PNGResponse(png, headers={"X-Zscale-Low": f"{lo:.6g}", "X-Zscale-High": f"{hi:.6g}"})
 
@@ -219,7 +224,8 @@ Bin = Annotated[int | None, Query(ge=1, le=16, description="binning (default: fi
 def upload_image(upload_id: uuid.UUID, who: Who, s: DB, st: St, bin: Bin = None) -> Any:
     """An uploaded exposure as a zscaled picture."""
     u, _ = _upload_row(s, upload_id, who)
-    return _png(str(uploads.blob_path(st.cfg.uploads_dir, u.sha256)), bin)
+    blob = str(uploads.blob_path(st.cfg.uploads_dir, u.sha256))
+    return _png(blob, u.filename, ["path", "upload_id"], bin)
 
 
 RelPath = Annotated[str, Query(max_length=4096, description="a path under the data root")]
@@ -243,7 +249,7 @@ def _one_file(st: State, path: str) -> str:
 )
 def file_image(path: RelPath, who: Who, st: St, bin: Bin = None) -> Any:
     """An exposure under the data root as a zscaled picture."""
-    return _png(_one_file(st, path), bin)
+    return _png(_one_file(st, path), path, ["query", "path"], bin)
 
 
 @router.get("/files", response_model=Folder, tags=["page"], responses=R401)
@@ -277,7 +283,7 @@ def list_folder(who: Who, st: St, path: Annotated[str, Query(max_length=4096)] =
 
 def _stack(s: Any, run_id: uuid.UUID) -> Any:
     r = s.execute(select(m.exposure_stacks).where(m.exposure_stacks.c.tool_id == run_id)).first()
-    return None if r is None else m.from_row(sch.rec.TimeSeriesPhotometryToolExposureStack, r)
+    return None if r is None else m.from_row(rec.TimeSeriesPhotometryToolExposureStack, r)
 
 
 @router.get(
