@@ -404,9 +404,16 @@ def test_page_says_why_an_upload_and_a_run_failed(server, browser, night, tmp_pa
         assert "sci_0000.fits (the first of 20 exposure(s)" in page.inner_text("#ref-info")
         shots(page, "server-folder")
         page.get_by_label("files uploaded from this computer").check()
-        bad = tmp_path / "notes.fits"
-        bad.write_text("these are notes, not an exposure\n" * 40)
-        page.set_input_files("#files", [str(bad)])
+        # a file that is no exposure, dropped on the page (drag and drop)
+        drop = page.evaluate_handle(
+            """text => {
+                 const dt = new DataTransfer();
+                 dt.items.add(new File([text], "notes.fits"));
+                 return dt;
+               }""",
+            "these are notes, not an exposure\n" * 40,
+        )
+        page.dispatch_event("#drop", "drop", {"dataTransfer": drop})
         msg = page.wait_for_selector("#upload-failed")
         text = msg.inner_text()
         assert "notes.fits" in text and "not a FITS file" in text, text
