@@ -3,13 +3,14 @@
 1. Simulate a night (150 frames of 1024x1024 px by default).
 2. Reduce it with `tsphot run` (a subprocess), timed.
 3. Reduce it through `tsphot serve` (SQLite, the night under --data-root): POST the run, poll
-   until done; the time from the POST to the client seeing `done` against step 2.
+   until done; the time from the POST to the client seeing `done` against step 2. Steps 2 and
+   3 alternate `--repeats` times (3), so a change in the machine's load falls on both.
 4. Restart the server with the run workers at `--run-nice` (10), start the same run again and,
    while it goes, let N clients (50) each poll every `--interval` s (1): GET the running run's
    status, GET a page of 100 results of the finished run. Latency p50/p99 and errors.
 
-Usage: .venv/bin/python benchmarks/api.py [--frames 150] [--clients 50] [--interval 1]
-       [--run-nice 10] [--work DIR]
+Usage: .venv/bin/python benchmarks/api.py [--frames 150] [--repeats 3] [--clients 50]
+       [--interval 1] [--run-nice 10] [--work DIR]
 Only loopback addresses are used; every loop is bounded in count and time.
 """
 
@@ -198,18 +199,50 @@ def _serve(exe: list[str], data: Path, root: Path, *extra: str) -> tuple[str, su
     raise SystemExit("tsphot serve did not start")
 
 
+def _cli_run(exe: list[str], night: Path, out: Path) -> float:
+    """`tsphot run` of the night into out (removed first); its wall time in seconds."""
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.monotonic()
+    subprocess.run(
+        [*exe, "run", "--config", str(night / "tsphot.toml"), "--out", str(out), "--quiet"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.monotonic() - t
+
+
+def _api_run(url: str, h: dict, body: dict) -> tuple[str, float]:
+    """The night through the API: from the POST to the client seeing `done`; id and seconds."""
+    t = time.monotonic()
+    r = httpx.post(url + RES, headers=h, json=body, timeout=60)
+    r.raise_for_status()
+    rid = r.json()["id"]
+    run = wait_done(url, h, rid)
+    if run["status"] != "done":
+        raise SystemExit(f"the API run failed: {run['reason']}")
+    return rid, time.monotonic() - t
+
+
+def _loadavg() -> list[float]:
+    with open("/proc/loadavg") as fh:
+        return [float(v) for v in fh.read().split()[:3]]
+
+
 def main() -> None:
-    """Run the three measurements and print them as JSON."""
+    """Run the measurements and print them as JSON."""
     p = argparse.ArgumentParser()
     p.add_argument("--frames", type=int, default=150)
     p.add_argument("--size", type=int, default=1024)
+    p.add_argument(
+        "--repeats", type=int, default=3, help="CLI and API runs, alternated, for the overhead"
+    )
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--interval", type=float, default=1.0, help="each client's poll period (s)")
     p.add_argument("--run-nice", type=int, default=10, help="run workers' niceness in step 4")
     p.add_argument("--work", help="work folder (default: a temporary one, removed)")
     a = p.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="tsphot-bench-api-"))
-    out: dict = {"frames": a.frames, "size": a.size}
+    out: dict = {"frames": a.frames, "size": a.size, "loadavg_start": _loadavg()}
     try:
         night = work / "night"
         if not (night / "tsphot.toml").exists():
@@ -219,23 +252,6 @@ def main() -> None:
             )
             out["simulate_s"] = round(time.monotonic() - t, 1)
         exe = [sys.executable, "-m", "tsphot.cli"]
-        shutil.rmtree(work / "cli", ignore_errors=True)
-        t = time.monotonic()
-        subprocess.run(
-            [
-                *exe,
-                "run",
-                "--config",
-                str(night / "tsphot.toml"),
-                "--out",
-                str(work / "cli"),
-                "--quiet",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        out["tsphot_run_s"] = round(time.monotonic() - t, 2)
-
         data = work / "data"
         shutil.rmtree(data, ignore_errors=True)
         token = subprocess.run(
@@ -246,30 +262,41 @@ def main() -> None:
         ).stdout.split()[0]
         h = {"Authorization": f"Bearer {token}"}
         body = body_for(night)
+        # the CLI and the API alternate, so that a change in the machine's load falls on both
+        cli_s: list[float] = []
+        api_s: list[float] = []
         url, server = _serve(exe, data, work)
         try:
-            t = time.monotonic()
-            r = httpx.post(url + RES, headers=h, json=body, timeout=60)
-            r.raise_for_status()
-            first = r.json()["id"]
-            run = wait_done(url, h, first)
-            out["api_run_s"] = round(time.monotonic() - t, 2)
-            out["api_status"] = run["status"]
-            out["api_overhead_pct"] = round(100 * (out["api_run_s"] / out["tsphot_run_s"] - 1), 1)
+            for k in range(a.repeats):
+                cli_s.append(_cli_run(exe, night, work / "cli"))
+                first, sec = _api_run(url, h, body)
+                api_s.append(sec)
+                print(f"repeat {k + 1}: tsphot run {cli_s[-1]:.2f} s, API {sec:.2f} s", flush=True)
         finally:
             server.terminate()
             server.wait(timeout=60)
+        out["tsphot_run_s"] = [round(v, 2) for v in cli_s]
+        out["api_run_s"] = [round(v, 2) for v in api_s]
+        out["api_overhead_pct_median"] = round(
+            100 * (float(np.median(api_s)) / float(np.median(cli_s)) - 1), 1
+        )
+        out["api_overhead_pct_min"] = round(100 * (min(api_s) / min(cli_s) - 1), 1)
+        out["loadavg_after_overhead"] = _loadavg()
+
         url, server = _serve(exe, data, work, "--run-nice", str(a.run_nice))
         try:
             r = httpx.post(url + RES, headers=h, json=body, timeout=60)
             r.raise_for_status()
             second = r.json()["id"]
-            out["polling"] = asyncio.run(clients(url, h, second, first, a.clients, a.interval, 900))
+            out["polling"] = asyncio.run(
+                clients(url, token, second, first, a.clients, a.interval, 900)
+            )
             out["polling"]["run_nice"] = a.run_nice
             wait_done(url, h, second)
         finally:
             server.terminate()
             server.wait(timeout=60)
+        out["loadavg_end"] = _loadavg()
     finally:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)
