@@ -4,7 +4,9 @@
 2. Reduce it with `tsphot run` (a subprocess), timed.
 3. Reduce it through `tsphot serve` (SQLite, the night under --data-root): POST the run, poll
    until done; the time from the POST to the client seeing `done` against step 2. Steps 2 and
-   3 alternate `--repeats` times (3), so a change in the machine's load falls on both.
+   3 alternate `--repeats` times (3), so a change in the machine's load falls on both. Wall
+   and CPU seconds (the CLI and its frame-measuring processes; the server, the run's worker
+   and its processes): on a shared machine the CPU seconds are the steadier comparison.
 4. Restart the server with the run workers at `--run-nice` (10), start the same run again and,
    while it goes, let N clients (50) each poll every `--interval` s (1): GET the running run's
    status, GET a page of 100 results of the finished run. Latency p50/p99 and errors.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import shutil
 import socket
 import subprocess
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 from tsphot import synthetic
 from tsphot.settings import make_settings
@@ -199,28 +203,49 @@ def _serve(exe: list[str], data: Path, root: Path, *extra: str) -> tuple[str, su
     raise SystemExit("tsphot serve did not start")
 
 
-def _cli_run(exe: list[str], night: Path, out: Path) -> float:
-    """`tsphot run` of the night into out (removed first); its wall time in seconds."""
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (and theirs, once waited for)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _cli_run(exe: list[str], night: Path, out: Path) -> tuple[float, float]:
+    """`tsphot run` of the night into out (removed first); its wall and CPU seconds (the CLI
+    and its frame-measuring processes)."""
     shutil.rmtree(out, ignore_errors=True)
-    t = time.monotonic()
+    t, c = time.monotonic(), _children_cpu()
     subprocess.run(
         [*exe, "run", "--config", str(night / "tsphot.toml"), "--out", str(out), "--quiet"],
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    return time.monotonic() - t
+    return time.monotonic() - t, _children_cpu() - c
 
 
-def _api_run(url: str, h: dict, body: dict) -> tuple[str, float]:
-    """The night through the API: from the POST to the client seeing `done`; id and seconds."""
+def _tree_cpu(server: psutil.Process) -> float:
+    """CPU seconds of the server and of its run workers it has reaped (with their children)."""
+    t = server.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _api_run(url: str, h: dict, body: dict, server: psutil.Process) -> tuple[str, float, float]:
+    """The night through the API: from the POST to the client seeing `done`; the run's id, the
+    wall seconds and the CPU seconds of the server and the run's worker (once reaped)."""
+    c = _tree_cpu(server)
     t = time.monotonic()
     r = httpx.post(url + RES, headers=h, json=body, timeout=60)
     r.raise_for_status()
     rid = r.json()["id"]
     run = wait_done(url, h, rid)
+    wall = time.monotonic() - t
     if run["status"] != "done":
         raise SystemExit(f"the API run failed: {run['reason']}")
-    return rid, time.monotonic() - t
+    # the worker's CPU reaches the server's children times when the dispatcher reaps it
+    for _ in range(100):
+        if not server.children():
+            break
+        time.sleep(0.1)
+    return rid, wall, _tree_cpu(server) - c
 
 
 def _loadavg() -> list[float]:
@@ -265,22 +290,37 @@ def main() -> None:
         # the CLI and the API alternate, so that a change in the machine's load falls on both
         cli_s: list[float] = []
         api_s: list[float] = []
+        cli_cpu: list[float] = []
+        api_cpu: list[float] = []
         url, server = _serve(exe, data, work)
         try:
+            ps = psutil.Process(server.pid)
             for k in range(a.repeats):
-                cli_s.append(_cli_run(exe, night, work / "cli"))
-                first, sec = _api_run(url, h, body)
-                api_s.append(sec)
-                print(f"repeat {k + 1}: tsphot run {cli_s[-1]:.2f} s, API {sec:.2f} s", flush=True)
+                wall, cpu = _cli_run(exe, night, work / "cli")
+                cli_s.append(wall)
+                cli_cpu.append(cpu)
+                first, wall, cpu = _api_run(url, h, body, ps)
+                api_s.append(wall)
+                api_cpu.append(cpu)
+                print(
+                    f"repeat {k + 1}: tsphot run {cli_s[-1]:.2f} s ({cli_cpu[-1]:.1f} s CPU), "
+                    f"API {api_s[-1]:.2f} s ({api_cpu[-1]:.1f} s CPU)",
+                    flush=True,
+                )
         finally:
             server.terminate()
             server.wait(timeout=60)
+
+        def pct(a_: list[float], b_: list[float]) -> float:
+            return round(100 * (float(np.median(a_)) / float(np.median(b_)) - 1), 1)
+
         out["tsphot_run_s"] = [round(v, 2) for v in cli_s]
         out["api_run_s"] = [round(v, 2) for v in api_s]
-        out["api_overhead_pct_median"] = round(
-            100 * (float(np.median(api_s)) / float(np.median(cli_s)) - 1), 1
-        )
+        out["api_overhead_pct_median"] = pct(api_s, cli_s)
         out["api_overhead_pct_min"] = round(100 * (min(api_s) / min(cli_s) - 1), 1)
+        out["tsphot_run_cpu_s"] = [round(v, 1) for v in cli_cpu]
+        out["api_run_cpu_s"] = [round(v, 1) for v in api_cpu]
+        out["api_cpu_overhead_pct_median"] = pct(api_cpu, cli_cpu)
         out["loadavg_after_overhead"] = _loadavg()
 
         url, server = _serve(exe, data, work, "--run-nice", str(a.run_nice))
