@@ -139,6 +139,7 @@ def test_api_records_and_products(finished):
     assert not api.cfg.run_dir(rid).exists()
 
 
+@pytest.mark.heavy  # a Dask cluster and a whole run: about a minute on 2 cores
 def test_api_run_on_a_dask_cluster(small_night, small_run, tmp_path):
     """A server configured with a Dask scheduler measures each run's frames on that cluster
     (its workers, not the run's worker process), and the results are `tsphot run`'s."""
