@@ -3,13 +3,16 @@
 1. Simulate a night (150 frames of 1024x1024 px by default).
 2. Reduce it with `tsphot run` (a subprocess), timed.
 3. Reduce it through `tsphot serve` (SQLite, the night under --data-root): POST the run, poll
-   until done; the time from the POST to the client seeing `done` against step 2.
+   until done; the time from the POST to the client seeing `done` against step 2. Steps 2 and
+   3 alternate `--repeats` times (3), so a change in the machine's load falls on both. Wall
+   and CPU seconds (the CLI and its frame-measuring processes; the server, the run's worker
+   and its processes): on a shared machine the CPU seconds are the steadier comparison.
 4. Restart the server with the run workers at `--run-nice` (10), start the same run again and,
    while it goes, let N clients (50) each poll every `--interval` s (1): GET the running run's
    status, GET a page of 100 results of the finished run. Latency p50/p99 and errors.
 
-Usage: .venv/bin/python benchmarks/api.py [--frames 150] [--clients 50] [--interval 1]
-       [--run-nice 10] [--work DIR]
+Usage: .venv/bin/python benchmarks/api.py [--frames 150] [--repeats 3] [--clients 50]
+       [--interval 1] [--run-nice 10] [--work DIR]
 Only loopback addresses are used; every loop is bounded in count and time.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import shutil
 import socket
 import subprocess
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 from tsphot import synthetic
 from tsphot.settings import make_settings
@@ -198,18 +203,71 @@ def _serve(exe: list[str], data: Path, root: Path, *extra: str) -> tuple[str, su
     raise SystemExit("tsphot serve did not start")
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (and theirs, once waited for)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _cli_run(exe: list[str], night: Path, out: Path) -> tuple[float, float]:
+    """`tsphot run` of the night into out (removed first); its wall and CPU seconds (the CLI
+    and its frame-measuring processes)."""
+    shutil.rmtree(out, ignore_errors=True)
+    t, c = time.monotonic(), _children_cpu()
+    subprocess.run(
+        [*exe, "run", "--config", str(night / "tsphot.toml"), "--out", str(out), "--quiet"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.monotonic() - t, _children_cpu() - c
+
+
+def _tree_cpu(server: psutil.Process) -> float:
+    """CPU seconds of the server and of its run workers it has reaped (with their children)."""
+    t = server.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _api_run(url: str, h: dict, body: dict, server: psutil.Process) -> tuple[str, float, float]:
+    """The night through the API: from the POST to the client seeing `done`; the run's id, the
+    wall seconds and the CPU seconds of the server and the run's worker (once reaped)."""
+    c = _tree_cpu(server)
+    t = time.monotonic()
+    r = httpx.post(url + RES, headers=h, json=body, timeout=60)
+    r.raise_for_status()
+    rid = r.json()["id"]
+    run = wait_done(url, h, rid)
+    wall = time.monotonic() - t
+    if run["status"] != "done":
+        raise SystemExit(f"the API run failed: {run['reason']}")
+    # the worker's CPU reaches the server's children times when the dispatcher reaps it
+    for _ in range(100):
+        if not server.children():
+            break
+        time.sleep(0.1)
+    return rid, wall, _tree_cpu(server) - c
+
+
+def _loadavg() -> list[float]:
+    with open("/proc/loadavg") as fh:
+        return [float(v) for v in fh.read().split()[:3]]
+
+
 def main() -> None:
-    """Run the three measurements and print them as JSON."""
+    """Run the measurements and print them as JSON."""
     p = argparse.ArgumentParser()
     p.add_argument("--frames", type=int, default=150)
     p.add_argument("--size", type=int, default=1024)
+    p.add_argument(
+        "--repeats", type=int, default=3, help="CLI and API runs, alternated, for the overhead"
+    )
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--interval", type=float, default=1.0, help="each client's poll period (s)")
     p.add_argument("--run-nice", type=int, default=10, help="run workers' niceness in step 4")
     p.add_argument("--work", help="work folder (default: a temporary one, removed)")
     a = p.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="tsphot-bench-api-"))
-    out: dict = {"frames": a.frames, "size": a.size}
+    out: dict = {"frames": a.frames, "size": a.size, "loadavg_start": _loadavg()}
     try:
         night = work / "night"
         if not (night / "tsphot.toml").exists():
@@ -219,23 +277,6 @@ def main() -> None:
             )
             out["simulate_s"] = round(time.monotonic() - t, 1)
         exe = [sys.executable, "-m", "tsphot.cli"]
-        shutil.rmtree(work / "cli", ignore_errors=True)
-        t = time.monotonic()
-        subprocess.run(
-            [
-                *exe,
-                "run",
-                "--config",
-                str(night / "tsphot.toml"),
-                "--out",
-                str(work / "cli"),
-                "--quiet",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        out["tsphot_run_s"] = round(time.monotonic() - t, 2)
-
         data = work / "data"
         shutil.rmtree(data, ignore_errors=True)
         token = subprocess.run(
@@ -246,30 +287,56 @@ def main() -> None:
         ).stdout.split()[0]
         h = {"Authorization": f"Bearer {token}"}
         body = body_for(night)
+        # the CLI and the API alternate, so that a change in the machine's load falls on both
+        cli_s: list[float] = []
+        api_s: list[float] = []
+        cli_cpu: list[float] = []
+        api_cpu: list[float] = []
         url, server = _serve(exe, data, work)
         try:
-            t = time.monotonic()
-            r = httpx.post(url + RES, headers=h, json=body, timeout=60)
-            r.raise_for_status()
-            first = r.json()["id"]
-            run = wait_done(url, h, first)
-            out["api_run_s"] = round(time.monotonic() - t, 2)
-            out["api_status"] = run["status"]
-            out["api_overhead_pct"] = round(100 * (out["api_run_s"] / out["tsphot_run_s"] - 1), 1)
+            ps = psutil.Process(server.pid)
+            for k in range(a.repeats):
+                wall, cpu = _cli_run(exe, night, work / "cli")
+                cli_s.append(wall)
+                cli_cpu.append(cpu)
+                first, wall, cpu = _api_run(url, h, body, ps)
+                api_s.append(wall)
+                api_cpu.append(cpu)
+                print(
+                    f"repeat {k + 1}: tsphot run {cli_s[-1]:.2f} s ({cli_cpu[-1]:.1f} s CPU), "
+                    f"API {api_s[-1]:.2f} s ({api_cpu[-1]:.1f} s CPU)",
+                    flush=True,
+                )
         finally:
             server.terminate()
             server.wait(timeout=60)
+
+        def pct(a_: list[float], b_: list[float]) -> float:
+            return round(100 * (float(np.median(a_)) / float(np.median(b_)) - 1), 1)
+
+        out["tsphot_run_s"] = [round(v, 2) for v in cli_s]
+        out["api_run_s"] = [round(v, 2) for v in api_s]
+        out["api_overhead_pct_median"] = pct(api_s, cli_s)
+        out["api_overhead_pct_min"] = round(100 * (min(api_s) / min(cli_s) - 1), 1)
+        out["tsphot_run_cpu_s"] = [round(v, 1) for v in cli_cpu]
+        out["api_run_cpu_s"] = [round(v, 1) for v in api_cpu]
+        out["api_cpu_overhead_pct_median"] = pct(api_cpu, cli_cpu)
+        out["loadavg_after_overhead"] = _loadavg()
+
         url, server = _serve(exe, data, work, "--run-nice", str(a.run_nice))
         try:
             r = httpx.post(url + RES, headers=h, json=body, timeout=60)
             r.raise_for_status()
             second = r.json()["id"]
-            out["polling"] = asyncio.run(clients(url, h, second, first, a.clients, a.interval, 900))
+            out["polling"] = asyncio.run(
+                clients(url, token, second, first, a.clients, a.interval, 900)
+            )
             out["polling"]["run_nice"] = a.run_nice
             wait_done(url, h, second)
         finally:
             server.terminate()
             server.wait(timeout=60)
+        out["loadavg_end"] = _loadavg()
     finally:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -137,3 +137,46 @@ def test_api_records_and_products(finished):
     assert c.delete(f"{RES}/{rid}", headers=h).status_code == 204
     assert c.get(f"{RES}/{rid}", headers=h).status_code == 404
     assert not api.cfg.run_dir(rid).exists()
+
+
+@pytest.mark.heavy  # a Dask cluster and a whole run: about a minute on 2 cores
+def test_api_run_on_a_dask_cluster(small_night, small_run, tmp_path):
+    """A server configured with a Dask scheduler measures each run's frames on that cluster
+    (its workers, not the run's worker process), and the results are `tsphot run`'s."""
+    distributed = pytest.importorskip("distributed", reason="the Dask tests need dask[distributed]")
+    base, truth = small_night
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        api = make_api(
+            tmp_path,
+            None,
+            start_jobs=True,
+            data_root=base,
+            run_executor="dask",
+            scheduler=cluster.scheduler_address,
+        )
+        with api.client:
+            h = api.user("alice")
+            r = api.client.post(RES, headers=h, json=run_body(base, truth))
+            assert r.status_code == 201, r.text
+            assert r.json()["settings"]["scheduler"] == cluster.scheduler_address
+            run = wait_done(api.client, h, r.json()["id"])
+            assert run["status"] == "done", run["reason"]
+            # the frames went through the cluster: its worker ran the measuring tasks
+            prefixes = cluster.scheduler.task_prefixes
+            chunks = [tp for name, tp in prefixes.items() if "run_chunk" in name]
+            assert chunks and chunks[0].duration_average > 0, list(prefixes)
+            table = api.client.get(
+                f"{RES}/{run['id']}/results", headers=h, params={"format": "ecsv"}
+            ).text
+    api_t = Table.read(table, format="ascii.ecsv")
+    cli_t = Table.read(small_run[0] / "results.ecsv")
+    api_t.sort(["frame", "object"])
+    cli_t.sort(["frame", "object"])
+    for c in ("frame", "object", "flux", "flux_err", "status"):
+        a, b = np.asarray(api_t[c]), np.asarray(getattr(cli_t[c], "value", cli_t[c]))
+        if a.dtype.kind == "f":
+            np.testing.assert_array_equal(a, b, err_msg=c)
+        else:
+            assert list(a.astype(str)) == list(b.astype(str)), c

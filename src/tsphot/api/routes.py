@@ -23,7 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -170,12 +170,22 @@ def _visible(who: auth.Principal) -> Any:
     return True if who.is_admin else (m.tools.c.owner_id == who.id)
 
 
+# One run's row with its owner's name, built once: building the statement costs more than
+# running it, and every status poll runs it (an admin's form, and a user's own-runs form).
+_RUN_ANY = (
+    select(m.tools, m.User.name.label("owner"))
+    .join(m.User, m.User.id == m.tools.c.owner_id)
+    .where(m.tools.c.id == bindparam("run_id"))
+)
+_RUN_OWN = _RUN_ANY.where(m.tools.c.owner_id == bindparam("owner_id"))
+
+
 def _run_row(s: Session, run_id: uuid.UUID, who: auth.Principal) -> Any:
-    row = s.execute(
-        select(m.tools, m.User.name.label("owner"))
-        .join(m.User, m.User.id == m.tools.c.owner_id)
-        .where(m.tools.c.id == run_id, _visible(who))
-    ).first()
+    if who.is_admin:
+        q, params = _RUN_ANY, {"run_id": run_id}
+    else:
+        q, params = _RUN_OWN, {"run_id": run_id, "owner_id": who.id}
+    row = s.connection().execute(q, params).first()
     if row is None:
         raise _err(404, f"no run {run_id} of yours")
     return row
@@ -312,7 +322,7 @@ def list_runs(
 
 
 @router.get(RESOURCE + "/{run_id}", response_model=sch.Run, tags=["runs"], responses=COMMON)
-def get_run(run_id: RunId, who: Who, s: DB) -> sch.Run:
+async def get_run(run_id: RunId, who: Who, s: DB) -> sch.Run:
     """One run: its record, owner and progress."""
     row = _run_row(s, run_id, who)
     return Response(sch.run_view(row, row.owner).model_dump_json(), media_type="application/json")
@@ -420,7 +430,7 @@ TABLE_TYPES = {"csv": "text/csv; charset=utf-8", "ecsv": "text/plain; charset=ut
         },
     },
 )
-def get_results(
+async def get_results(
     run_id: RunId,
     who: Who,
     s: DB,
@@ -436,10 +446,30 @@ def get_results(
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> Any:
     """Photometry per object per exposure; filter by object and status."""
+    # a poll of a cached page is answered on the event loop (two cheap lookups); a page to
+    # build, or a whole table, in a thread
     run = _run_row(s, run_id, who)
     key = (run_id, object, status, format, limit, offset)
     if run.status == "done" and format == "json" and (data := st.page_get(key)) is not None:
         return Response(data, media_type="application/json")
+    return await run_in_threadpool(
+        _results, s, st, run_id, run.status, key, object, status, format, limit, offset
+    )
+
+
+def _results(
+    s: Session,
+    st: State,
+    run_id: uuid.UUID,
+    run_status: str,
+    key: tuple,
+    object: str | None,
+    status: str | None,
+    format: str,
+    limit: int,
+    offset: int,
+) -> Response:
+    """A page of results as JSON (kept if the run is done), or the selection as a table."""
     t = m.results.c
     cond = [t.tool_id == run_id]
     if object is not None:
@@ -457,7 +487,7 @@ def get_results(
             "offset": offset,
         }
         data = json.dumps(page, allow_nan=False).encode()
-        if run.status == "done":
+        if run_status == "done":
             st.page_put(key, data)
         return Response(data, media_type="application/json")
     items = [m.from_row(rec.TimeSeriesPhotometryToolResult, r) for r in s.execute(q).all()]
