@@ -63,11 +63,17 @@ def row_nanmedian(v: np.ndarray) -> np.ndarray:
 
 def _cutouts(data: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.ndarray:
     """Stack of (2 half + 1)² cutouts centred on integer pixels; NaN beyond the frame."""
-    padded = np.pad(data.astype(np.float64, copy=False), half + 1, constant_values=np.nan)
+    # Gathered straight from the frame: no padded float64 copy of the whole frame per call.
+    ny, nx = data.shape
     off = np.arange(-half, half + 1)
-    rows = (iy[:, None] + half + 1 + off[None, :])[:, :, None]
-    cols = (ix[:, None] + half + 1 + off[None, :])[:, None, :]
-    return padded[rows, cols]
+    rows = np.asarray(iy)[:, None] + off[None, :]
+    cols = np.asarray(ix)[:, None] + off[None, :]
+    out = data[np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]]
+    out = out.astype(np.float64, copy=False)
+    outside = ((rows < 0) | (rows >= ny))[:, :, None] | ((cols < 0) | (cols >= nx))[:, None, :]
+    if outside.any():
+        out[outside] = np.nan
+    return out
 
 
 CENTROID_METHODS = ("com", "gauss", "windowed")

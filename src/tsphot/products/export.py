@@ -60,89 +60,89 @@ def results_table(
     settings: Any, frames: list[FrameInfo], plan: Any, results: list, red: Any
 ) -> QTable:
     """One row per object per exposure with every field of the seed's result record."""
+    # Built column by column from the [frame, object] arrays, not row by row: a night of
+    # thousands of frames then costs a few numpy arrays, not millions of Python objects.
     k = red.radius_index
     aps = plan.apertures
-    rows: dict[str, list] = {
-        c: []
-        for c in (
-            "object",
-            "role",
-            "frame",
-            "file",
-            "jd_utc",
-            "bjd_tdb",
-            "exptime",
-            "airmass",
-            "flux",
-            "flux_err",
-            "mag",
-            "mag_err",
-            "x",
-            "y",
-            "aperture_radius",
-            "annulus_inner",
-            "annulus_outer",
-            "ellipticity",
-            "position_angle",
-            "sky_median",
-            "sky_mean",
-            "sky_mode",
-            "sky",
-            "sky_std",
-            "sky_area",
-            "sky_masked",
-            "peak",
-            "saturated",
-            "bad_pixel",
-            "status",
-            "reason",
-        )
-    }
-    for fi, (f, r) in enumerate(zip(frames, results, strict=True)):
-        for oi, o in enumerate(plan.objects):
+    objs = plan.objects
+    n_f, n_obj = len(frames), len(objs)
+
+    def per_obj(values: list) -> np.ndarray:
+        return np.tile(np.asarray(values), n_f)
+
+    def per_frame(values: list) -> np.ndarray:
+        return np.repeat(np.asarray(values), n_obj)
+
+    def stacked(key: str, fallback: str | None = None, default: Any = np.nan) -> np.ndarray:
+        rows = []
+        for r in results:
             c = r.columns
-            st = r.status if r.status != "ok" else str(c["obj_status"][oi])
-            reason = r.reason if r.status != "ok" else _object_reason(st)
-            if r.status == "ok" and "obj_reason" in c and c["obj_reason"][oi]:
-                reason = str(c["obj_reason"][oi])  # names this frame's pixels, say
-            curve = red.curves.get(o.name)
-            rows["object"].append(o.name)
-            rows["role"].append(o.role)
-            rows["frame"].append(f.index)
-            rows["file"].append(Path(f.path).name)
-            rows["jd_utc"].append(f.jd_utc_mid)
-            rows["bjd_tdb"].append(curve.bjd_tdb[fi] if curve is not None else np.nan)
-            rows["exptime"].append(f.exptime)
-            rows["airmass"].append(red.airmass[fi])
-            rows["flux"].append(red.flux[fi, oi])
-            rows["flux_err"].append(red.flux_err[fi, oi])
-            rows["mag"].append(red.mag[fi, oi])
-            rows["mag_err"].append(red.mag_err[fi, oi])
-            rows["x"].append(c["x"][oi])
-            rows["y"].append(c["y"][oi])
-            r_frame = c["radius"][oi, k] if "radius" in c else np.nan
-            rows["aperture_radius"].append(r_frame if np.isfinite(r_frame) else aps.radii[k])
-            ann = c["annulus"][oi] if "annulus" in c else np.full(2, np.nan)
-            ann = ann if np.isfinite(ann).all() else aps.annulus
-            rows["annulus_inner"].append(ann[0])
-            rows["annulus_outer"].append(ann[1])
-            rows["ellipticity"].append(aps.ellipticity)
-            rows["position_angle"].append(aps.theta_deg)
-            rows["sky_median"].append(c.get("sky_median", c["sky"])[oi])
-            rows["sky_mean"].append(c.get("sky_mean", c["sky"])[oi])
-            rows["sky_mode"].append(c.get("sky_mode", c["sky"])[oi])
-            rows["sky"].append(c["sky"][oi])
-            rows["sky_std"].append(c["sky_std"][oi])
-            rows["sky_area"].append(int(c["n_sky"][oi]))
-            rows["sky_masked"].append(int(c.get("sky_masked", np.zeros(len(plan.objects)))[oi]))
-            rows["peak"].append(c["peak"][oi])
-            rows["saturated"].append(bool(c["saturated"][oi]))
-            bad_px = bool(c.get("bad_pixel", np.zeros(len(plan.objects), bool))[oi])
-            rows["bad_pixel"].append(bad_px)
-            if bad_px and st == "ok":
-                reason = "a hot, dead or unstable pixel (calibration mask) is in the aperture"
-            rows["status"].append(st)
-            rows["reason"].append(reason)
+            v = c.get(key, c[fallback] if fallback else None)
+            rows.append(np.full(n_obj, default) if v is None else np.asarray(v))
+        return np.concatenate(rows) if rows else np.empty(0)
+
+    nan = np.full(n_obj, np.nan)
+    bjd = np.column_stack(
+        [red.curves[o.name].bjd_tdb if o.name in red.curves else np.full(n_f, np.nan) for o in objs]
+    )
+    r_frame = np.concatenate(
+        [np.asarray(r.columns["radius"])[:, k] if "radius" in r.columns else nan for r in results]
+    )
+    ann = np.concatenate(
+        [np.asarray(r.columns.get("annulus", np.full((n_obj, 2), np.nan))) for r in results]
+    ).reshape(-1, 2)
+    ann_bad = ~np.isfinite(ann).all(axis=1)
+    ann[ann_bad] = aps.annulus
+    status, reason = [], []
+    for r in results:
+        c = r.columns
+        if r.status != "ok":
+            status += [r.status] * n_obj
+            reason += [r.reason] * n_obj
+            continue
+        own = [str(s) for s in c["obj_status"]]
+        why = [_object_reason(s) for s in own]
+        if "obj_reason" in c:  # names this frame's pixels, say
+            why = [str(w) if w else d for w, d in zip(c["obj_reason"], why, strict=True)]
+        bad_px = c.get("bad_pixel", np.zeros(n_obj, bool))
+        for oi in np.flatnonzero(bad_px):
+            if own[oi] == "ok":
+                why[oi] = "a hot, dead or unstable pixel (calibration mask) is in the aperture"
+        status += own
+        reason += why
+    rows = {
+        "object": per_obj([o.name for o in objs]),
+        "role": per_obj([o.role for o in objs]),
+        "frame": per_frame([f.index for f in frames]),
+        "file": per_frame([Path(f.path).name for f in frames]),
+        "jd_utc": per_frame([f.jd_utc_mid for f in frames]),
+        "bjd_tdb": bjd.ravel(),
+        "exptime": per_frame([f.exptime for f in frames]),
+        "airmass": np.repeat(np.asarray(red.airmass, float), n_obj),
+        "flux": np.asarray(red.flux).ravel(),
+        "flux_err": np.asarray(red.flux_err).ravel(),
+        "mag": np.asarray(red.mag).ravel(),
+        "mag_err": np.asarray(red.mag_err).ravel(),
+        "x": stacked("x"),
+        "y": stacked("y"),
+        "aperture_radius": np.where(np.isfinite(r_frame), r_frame, aps.radii[k]),
+        "annulus_inner": ann[:, 0],
+        "annulus_outer": ann[:, 1],
+        "ellipticity": np.full(n_f * n_obj, aps.ellipticity),
+        "position_angle": np.full(n_f * n_obj, aps.theta_deg),
+        "sky_median": stacked("sky_median", "sky"),
+        "sky_mean": stacked("sky_mean", "sky"),
+        "sky_mode": stacked("sky_mode", "sky"),
+        "sky": stacked("sky"),
+        "sky_std": stacked("sky_std"),
+        "sky_area": stacked("n_sky").astype(int),
+        "sky_masked": stacked("sky_masked", default=0).astype(int),
+        "peak": stacked("peak"),
+        "saturated": stacked("saturated").astype(bool),
+        "bad_pixel": stacked("bad_pixel", default=False).astype(bool),
+        "status": np.array(status, dtype=str) if status else np.empty(0, str),
+        "reason": np.array(reason, dtype=str) if reason else np.empty(0, str),
+    }
     t = QTable(rows)
     units = {
         "exptime": u.s,
