@@ -1,5 +1,8 @@
 """Executors: serial, a process pool and a real two-worker Dask cluster give identical results."""
 
+import pickle
+import tracemalloc
+
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -109,3 +112,35 @@ def test_full_run_on_an_existing_dask_cluster_equals_serial(night):
         assert run("dask", executor="dask", scheduler=cluster.scheduler_address) == serial
     t1 = Table.read(night / "serial" / "lightcurve_T1.ecsv")
     assert len(t1) == N and np.isfinite(t1["rel_flux"]).all()  # real measurements
+
+
+def test_frame_result_carries_numbers_not_pixels(night):
+    # What crosses from a worker to the main process is a few numbers per object: pickled, a
+    # FrameResult must stay far below one frame's pixels, whatever the frame size.
+    frames, plan = _planned(night)
+    r = pipeline.measure_frame(frames[0], plan)
+    assert r.status == "ok"
+    n_obj, n_r = len(plan.objects), len(plan.apertures.radii)
+    for name, col in r.columns.items():
+        assert np.shape(col)[0] == n_obj, name  # one row per object, nothing frame-sized
+        assert np.size(col) <= n_obj * max(n_r, 2), name
+    size = len(pickle.dumps(r))
+    assert size < 4096 + 512 * n_obj, size
+    assert size < 0.05 * np.prod(plan.shape) * 4, size  # 5 % of the float32 pixels
+
+
+def test_main_process_keeps_a_few_kb_per_frame(night):
+    # All the main process keeps of a measured frame is its FrameResult; a frame's pixels
+    # (256 KB as float32 here) kept per frame anywhere would show as growth per frame.
+    frames, plan = _planned(night)
+    s = make_settings(night / "night" / "tsphot.toml", out=str(night / "plan"), quiet=True)
+    with executors.Executor("serial") as ex:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            results = pipeline.measure_all(s, frames, plan, night / "plan", {}, ex)
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    assert [r.status for r in results] == ["ok"] * N
+    assert kept / N < 24 * 1024, kept / N
