@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -52,8 +53,34 @@ def atomic_write(path: Path, write: Any) -> None:
             os.unlink(tmp)
 
 
+ECSV_BLOCK_ROWS = 4096
+
+
 def _write_table(table: Table, path: Path, fmt: str) -> None:
-    atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True))
+    if fmt == "ascii.ecsv" and len(table) > ECSV_BLOCK_ROWS:
+        atomic_write(path, lambda tmp: write_ecsv_in_blocks(table, tmp))
+    else:
+        atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True))
+
+
+def write_ecsv_in_blocks(table: Table, path: str | Path, rows: int = ECSV_BLOCK_ROWS) -> None:
+    """The same bytes as ``table.write(path, format="ascii.ecsv")``, a block of rows at a time.
+
+    astropy formats a whole table as text in memory (a string per cell) before writing it; for
+    a night of thousands of frames that text, not the table, would set the run's peak memory.
+    """
+
+    def text(part: Table) -> str:
+        buf = io.StringIO()
+        part.write(buf, format="ascii.ecsv")
+        return buf.getvalue()
+
+    # the header and the line of column names: what a table without rows writes
+    n_head = len(text(table[:0]).splitlines(keepends=True))
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        for start in range(0, max(len(table), 1), rows):
+            lines = text(table[start : start + rows]).splitlines(keepends=True)
+            fh.writelines(lines if start == 0 else lines[n_head:])
 
 
 def results_table(
