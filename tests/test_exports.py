@@ -482,3 +482,23 @@ def test_run_from_an_astroimagej_radec_file_on_the_command_line(small_run, small
             src["y"], abs=0.1
         )
     assert len(record["comparison_stars"]) == len(first["comparison_stars"])
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 1000])
+def test_ecsv_written_in_blocks_is_byte_identical(tmp_path, rows):
+    # a long night's results.ecsv is written a block of rows at a time; the bytes must be those
+    # astropy writes in one go (units, metadata, strings with spaces and quotes, NaN)
+    from astropy import units as u
+
+    t = QTable()
+    t["object"] = ["T1", "C 2", 'say "hi"', "", "#3", "é", "x", "y", "z", "T1"]
+    t["flux"] = np.array([1.5, np.nan, -2e-12, 3.0, 1e300, 0.1, 0.2, 0.3, 0.4, 0.5]) * u.electron
+    t["ok"] = np.arange(10) % 3 == 0
+    t["frame"] = np.arange(10)
+    t.meta["description"] = "per-object photometry\nwith a second line"
+    t.write(tmp_path / "whole.ecsv", format="ascii.ecsv")
+    export.write_ecsv_in_blocks(t, tmp_path / "blocks.ecsv", rows)
+    assert (tmp_path / "blocks.ecsv").read_bytes() == (tmp_path / "whole.ecsv").read_bytes()
+    export.write_ecsv_in_blocks(t[:0], tmp_path / "empty.ecsv", rows)
+    t[:0].write(tmp_path / "empty_whole.ecsv", format="ascii.ecsv")
+    assert (tmp_path / "empty.ecsv").read_bytes() == (tmp_path / "empty_whole.ecsv").read_bytes()
