@@ -157,8 +157,14 @@ def section_floor(work: Path, summary: list[str]) -> dict:
     folder = night(work, "floor_1k", **FLOOR_NIGHT)
     frames = science(folder)
     short, long = frames[:60], frames[:180]
-    read = [child(_CHILD_READ, {"frames": f}) for f in (short, long)]
+    # Reading takes a second or two, so a burst of other work on a shared machine can double
+    # it: the floor is the fastest of three reads, one before and two after the tsphot runs.
+    reads = [[child(_CHILD_READ, {"frames": f})] for f in (short, long)]
     ts = [tsphot(folder, f, "serial") for f in (short, long)]
+    for _ in range(2):
+        for got, f in zip(reads, (short, long), strict=True):
+            got.append(child(_CHILD_READ, {"frames": f}))
+    read = [min(got, key=lambda r: r["total_s"]) for got in reads]
     toml = json.loads((Path(ts[1]["out"]) / "run.json").read_text())
     cal = {k: sorted(str(p) for p in (folder / "raw").glob(f"{k}_*.fits")) for k in KINDS}
     pu_args = {
