@@ -23,7 +23,9 @@ first scaled by the field's own excess (the running median of chi2_red over star
 magnitude, when above 1: most stars are constant, so this calibrates errors the noise model
 misses, e.g. flat-field errors of bright stars), and the von Neumann ratio (time-correlated
 variation the chi-square dilutes), its z-score likewise centred and scaled by the running
-median and MAD of the field's z-scores when those show shared correlated noise.
+median and MAD of the field's z-scores when those show shared correlated noise. Both
+calibrations are taken from the stars not flagged, repeated until the flags settle, so that
+the variables themselves do not set the bar for their neighbours in magnitude.
 
 The noise model's prediction line for the RMS–magnitude plot is the stars' predicted
 variance fitted as a/F + b/F² + c in the flux F (photon, background and constant terms).
@@ -287,45 +289,66 @@ def variability_indices(dm: np.ndarray, de: np.ndarray, valid: np.ndarray) -> di
     }
 
 
-def _running(mag: np.ndarray, values: np.ndarray, per_bin: int, stat: Any) -> np.ndarray:
-    """stat() of values over the per_bin stars nearest in magnitude to each star (NaN-safe)."""
+def _running(
+    mag: np.ndarray,
+    values: np.ndarray,
+    per_bin: int,
+    stat: Any,
+    use: np.ndarray | None = None,
+) -> np.ndarray:
+    """stat() of values over the per_bin stars nearest in magnitude to each star (NaN-safe).
+
+    Only stars in ``use`` (default: all) enter the windows; every star with a finite
+    magnitude gets a value, so stars left out (suspected variables) are still calibrated.
+    """
     ok = np.isfinite(mag) & np.isfinite(values)
+    if use is not None:
+        ok &= np.asarray(use, bool)
     out = np.full(mag.size, np.nan)
     if ok.sum() < 5:
         return out
-    order = np.flatnonzero(ok)[np.argsort(mag[ok])]
+    order = np.flatnonzero(ok)[np.argsort(mag[ok], kind="stable")]
+    ref_mag = mag[order]
     k = max(5, min(per_bin, order.size))
-    for i in range(order.size):
+    windows = {}
+    for j in np.flatnonzero(np.isfinite(mag)):
+        i = int(np.searchsorted(ref_mag, mag[j], side="left"))
         lo = min(max(0, i - k // 2), order.size - k)
-        out[order[i]] = stat(values[order[lo : lo + k]])
+        if lo not in windows:
+            windows[lo] = stat(values[order[lo : lo + k]])
+        out[j] = windows[lo]
     return out
 
 
-def excess_scale(mag: np.ndarray, chi2_red: np.ndarray, per_bin: int = 25) -> np.ndarray:
+def excess_scale(
+    mag: np.ndarray, chi2_red: np.ndarray, per_bin: int = 25, use: np.ndarray | None = None
+) -> np.ndarray:
     """Each star's error scale: running median of chi2_red over stars of similar magnitude, ≥ 1.
 
     Most stars are constant, so the median tells how far the noise model falls short at that
-    brightness; variables are a minority and barely move a median.
+    brightness; ``use`` leaves suspected variables out of the windows.
     """
-    med = _running(mag, chi2_red, per_bin, np.median)
+    med = _running(mag, chi2_red, per_bin, np.median, use)
     return np.where(np.isfinite(med), np.maximum(med, 1.0), 1.0)
 
 
 def von_neumann_calibration(
-    mag: np.ndarray, z: np.ndarray, per_bin: int = 25
+    mag: np.ndarray, z: np.ndarray, per_bin: int = 25, use: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Centre (≤ 0) and spread (≥ 1) of the von Neumann z-scores of stars of similar magnitude.
 
     White noise gives 0 and 1. Slow systematics shared by many stars (extinction colour terms,
     flat-field errors as the field drifts) pull every star's ratio below 2; measured on the
     field itself, that shift and widening is taken out before a star is called variable.
+    ``use`` leaves suspected variables out: every variable pulls z down, so a field with many
+    of them would otherwise look like one with shared red noise and hide the weaker ones.
     """
-    centre = _running(mag, z, per_bin, np.median)
+    centre = _running(mag, z, per_bin, np.median, use)
 
     def spread_of(v: np.ndarray) -> float:
         return float(1.4826 * np.median(np.abs(v - np.median(v))))
 
-    spread = _running(mag, z, per_bin, spread_of)
+    spread = _running(mag, z, per_bin, spread_of, use)
     centre = np.where(np.isfinite(centre), np.minimum(centre, 0.0), 0.0)
     spread = np.where(np.isfinite(spread), np.maximum(spread, 1.0), 1.0)
     return centre, spread
@@ -347,6 +370,38 @@ def candidates(
         p_vn = np.where(n >= 8, stats.norm.cdf(z), np.nan)
     cand = (np.nan_to_num(p_chi2, nan=1.0) < alpha / 2) | (np.nan_to_num(p_vn, nan=1.0) < alpha / 2)
     return cand, p_chi2, p_vn
+
+
+MAX_CALIBRATION_PASSES = 10
+
+
+def calibrated_candidates(
+    mag: np.ndarray,
+    ind: dict[str, np.ndarray],
+    alpha: float,
+    eligible: np.ndarray | None = None,
+    per_bin: int = 25,
+) -> tuple[np.ndarray, ...]:
+    """Field-calibrated candidates: error scale, von Neumann centre and spread, flags, p-values.
+
+    The calibration is taken from the stars not (yet) flagged, repeated until the flags no
+    longer change: variables then cannot inflate the scale and spread that decide whether
+    their weaker neighbours in magnitude are variable (with a fifth of a field variable, the
+    first pass alone hid stars of three times their noise). Returns scale, centre, spread,
+    candidate flags, p_chi2 and p_von_neumann. Only ``eligible`` stars (default: all) ever
+    enter the calibration.
+    """
+    eligible = np.ones(mag.size, bool) if eligible is None else np.asarray(eligible, bool)
+    use = eligible.copy()
+    for _ in range(MAX_CALIBRATION_PASSES):
+        scale = excess_scale(mag, ind["chi2_red"], per_bin, use)
+        vn_c, vn_s = von_neumann_calibration(mag, ind["von_neumann_z"], per_bin, use)
+        cand, p_chi2, p_vn = candidates(ind, scale, alpha, vn_c, vn_s)
+        new_use = eligible & ~cand
+        if np.array_equal(new_use, use):
+            break
+        use = new_use
+    return scale, vn_c, vn_s, cand, p_chi2, p_vn
 
 
 def noise_model_line(
@@ -390,8 +445,13 @@ def analyse(
     exptime: float,
     alpha: float,
     outlier_sigma: float = 5.0,
+    blended: np.ndarray | None = None,
 ) -> FieldResult:
-    """Outliers, indices, error scale, candidates and the noise-model line for all stars."""
+    """Outliers, indices, error scale, candidates and the noise-model line for all stars.
+
+    Blended stars (a neighbour's light in the aperture) are never candidates and stay out of
+    the field's calibration: their scatter follows the seeing, not the noise model.
+    """
     out = flag_outliers(dm, de, valid, outlier_sigma)
     v = valid & ~out
     status = status.copy()
@@ -399,9 +459,9 @@ def analyse(
     ind = variability_indices(dm, de, v)
     with np.errstate(all="ignore"):
         mag = np.nanmedian(np.where(np.isfinite(mag_inst), mag_inst, np.nan), axis=0)
-    scale = excess_scale(mag, ind["chi2_red"])
-    vn_c, vn_s = von_neumann_calibration(mag, ind["von_neumann_z"])
-    cand, p_chi2, p_vn = candidates(ind, scale, alpha, vn_c, vn_s)
+    blended = np.zeros(mag.size, bool) if blended is None else np.asarray(blended, bool)
+    scale, vn_c, vn_s, cand, p_chi2, p_vn = calibrated_candidates(mag, ind, alpha, ~blended)
+    cand &= ~blended
     ind["noise_scale"] = scale
     ind["von_neumann_z_centre"] = vn_c
     ind["von_neumann_z_spread"] = vn_s
@@ -487,22 +547,21 @@ def reduce_field(settings: Any, plan: Any, results: list, red: Any, notes: dict)
     y = np.concatenate([[o.y for o in objs], fxy[:, 1]])
     mag_all = np.hstack([red.mag, mag])
     exptime = float(np.nanmedian(red.exptime[red.exptime > 0]))
-    res = analyse(
-        names, roles, x, y, mag_all, dm, de, ok, status, exptime,
-        settings.field_false_alarm, settings.outlier_sigma,
-    )  # fmt: skip
-    header = notes.get("reference_header")
-    wcs = ingest.quiet_wcs(header) if header is not None else None
-    if wcs is not None:
-        sky = wcs.pixel_to_world(res.x, res.y)
-        res.ra, res.dec = sky.ra.deg, sky.dec.deg
     info = notes.get("field", {})
     blended = np.concatenate([np.zeros(n_o, bool), np.asarray(info.get("blended", []), bool)])
     if blended.size != len(names):
         blended = np.zeros(len(names), bool)
     # A neighbour's light leaks in and out of the aperture as the seeing changes: a blended
     # star's scatter is instrumental as often as not. Its indices stay; it is not a candidate.
-    res.candidate &= ~blended
+    res = analyse(
+        names, roles, x, y, mag_all, dm, de, ok, status, exptime,
+        settings.field_false_alarm, settings.outlier_sigma, blended,
+    )  # fmt: skip
+    header = notes.get("reference_header")
+    wcs = ingest.quiet_wcs(header) if header is not None else None
+    if wcs is not None:
+        sky = wcs.pixel_to_world(res.x, res.y)
+        res.ra, res.dec = sky.ra.deg, sky.dec.deg
     n_sat = (status == "saturated").sum(axis=0)
     n_edge = np.isin(status, ["near_edge", "off_frame"]).sum(axis=0)
     res.flags = [
