@@ -136,7 +136,7 @@ def test_bls_coverage_on_eclipsing_binaries():
 
 
 def test_bls_recovers_transits_within_error():
-    frac, picks, z = _coverage(transit, "bls", range(6), lo=0.5, hi=3.0)
+    _, picks, z = _coverage(transit, "bls", range(6), lo=0.5, hi=3.0)
     assert all(unres and listed for _, unres, listed in picks), picks
     assert len(z) >= 4
     assert np.max(np.abs(z)) < 3.5, np.round(z, 2)

@@ -188,7 +188,11 @@ def period_plots(res: PeriodResult, s: Series, out: Path, title: str) -> None:
     ax.plot(grid, res.model(res.epoch + grid * res.period), "-", color="k", lw=1.5, label="model")
     ax.invert_yaxis()
     err_txt = f"{res.period_err * fac:.2g}"
-    ax.set_title(f"{title}: P = {res.period * fac:.6g} ± {err_txt} {unit} ({res.method})")
+    head = f"{title}: P = {res.period * fac:.6g} ± {err_txt} {unit} ({res.method})"
+    if res.aliases_unresolved:  # the fold shown is one of several the data allow: say so
+        n_alias = sum(a.delta_chi2 < 9 for a in res.aliases)
+        head += f"\naliases unresolved: {n_alias} other periods not excluded (see period.json)"
+    ax.set_title(head, fontsize=10 if res.aliases_unresolved else None)
     ax.set_xlabel(f"phase (epoch {res.epoch:.5f})")
     ax.set_ylabel("magnitude − night zero point")
     ax.legend(fontsize=7, ncol=2)

@@ -1,0 +1,104 @@
+"""Field mode on the real HAT-P-32 night: the RMS–magnitude relation of the constant stars
+against the noise model (the run's cost against a plain run is benchmarks/field_speed.py).
+
+Constant stars here: not candidates, no flag (blended, saturated or near the edge in some
+frame), measured in at least 100 of the 142 frames. The noise model's variance is split as in
+the RMS–magnitude plot's line (field.noise_model_line): a/F (photon, with scintillation and the
+ensemble in the constant), b/F² (background) in the flux F; a star is photon-limited when
+a/F > b/F².
+"""
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from tsphot import field, pipeline
+from tsphot.settings import ObjectSpec, make_settings
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hatp32-microobservatory"
+pytestmark = [
+    pytest.mark.realdata,
+    pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not present at {DATA}"),
+]
+TOLERANCE = 0.2  # median achieved/predicted rms of a magnitude bin within 1 ± this
+
+
+@pytest.fixture(scope="module")
+def hat_field(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hatp32-field")
+    settings = make_settings(
+        frames=[str(DATA)],
+        out=str(out),
+        targets=[
+            ObjectSpec(name="HAT-P-32", x=423.2, y=286.0, ra="02:04:10.278", dec="+46:41:16.21")
+        ],
+        radii=[2.75, 3.0, 3.25, 3.5, 3.75, 4.0, 4.25],
+        annulus=(9.0, 16.0),
+        site=(31.675467, -110.951376, 1268.0),
+        all_stars=True,
+        quiet=True,
+    )
+    pipeline.run(settings)
+    return out, Table.read(out / "field.ecsv"), json.loads((out / "run.json").read_text())
+
+
+def _constant_bins(f: Table, exptime: float, n_bins: int = 4):
+    """(photon-limited?, median ratio, n) per magnitude bin of the constant stars."""
+    col = f["flags"]
+    flags = np.array([str(x) for x in (col.filled("") if hasattr(col, "filled") else col)])
+    const = (~np.asarray(f["candidate"], bool)) & (np.asarray(f["n_points"]) >= 100)
+    const &= np.array([fl in ("", "--") for fl in flags])
+    mag = np.asarray(f["mag"], float)[const]
+    ratio = np.asarray(f["rms"] / f["expected_rms"], float)[const]
+    expected = np.asarray(f["expected_rms"], float)[const]
+    flux = 10 ** (-0.4 * (mag - field.MAG_ZERO_POINT)) * exptime
+    x = np.column_stack([1 / flux, 1 / flux**2, np.ones_like(flux)])
+    coef, *_ = np.linalg.lstsq(x / expected[:, None] ** 2, np.ones_like(flux), rcond=None)
+    photon_limited = coef[0] / flux > coef[1] / flux**2
+    edges = np.quantile(mag, np.linspace(0, 1, n_bins + 1))
+    bins = []
+    for lo, hi in itertools.pairwise(edges):
+        sel = (mag >= lo) & (mag <= hi)
+        bins.append((bool(np.mean(photon_limited[sel]) > 0.5), float(np.median(ratio[sel])),
+                     int(sel.sum()), (round(lo, 2), round(hi, 2))))  # fmt: skip
+    return bins, int(const.sum())
+
+
+def test_field_products_on_the_real_night(hat_field):
+    out, f, record = hat_field
+    assert (out / "rms_mag.png").stat().st_size > 10_000
+    assert record["field"]["n_stars"] == len(f) > 300
+    # the transiting target is a variable of the night
+    assert "HAT-P-32" in record["field"]["candidates"]
+    # candidates are few: the false-alarm rate is 0.001 per star
+    assert record["field"]["n_candidates"] < 0.15 * len(f)
+
+
+def test_rms_of_photon_limited_constant_stars_follows_the_noise_model(hat_field):
+    _, f, _ = hat_field
+    bins, n = _constant_bins(f, 60.0)
+    assert n >= 150, n
+    bright = [b for b in bins if b[0]]
+    assert bright, bins
+    for _, ratio, _, _ in bright:
+        assert abs(ratio - 1.0) <= TOLERANCE, bins
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: background-limited stars scatter 1.3-1.6x the CCD equation's "
+    "prediction on this night (uncalibrated frames - no bias, dark or flat exist - drifting "
+    "270 px across a chip whose background is spatially correlated; see the README's field "
+    "section). The candidate tests absorb it through the field's own excess (noise_scale).",
+)
+def test_rms_of_background_limited_constant_stars_follows_the_noise_model(hat_field):
+    _, f, _ = hat_field
+    bins, _ = _constant_bins(f, 60.0)
+    faint = [b for b in bins if not b[0]]
+    assert faint, bins
+    for _, ratio, _, _ in faint:
+        assert abs(ratio - 1.0) <= TOLERANCE, bins
