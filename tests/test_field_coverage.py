@@ -175,18 +175,14 @@ def field_seed(base: Path, seed: int) -> list[Star]:
         errs = [r.period_err] + [
             a.period_err for a in r.aliases if a.delta_chi2 < pm.ALIAS_THRESHOLD
         ]
-        s.listed = any(
-            abs(p - s.period) < 3 * e for p, e in zip(near, errs, strict=True)
-        )
+        s.listed = any(abs(p - s.period) < 3 * e for p, e in zip(near, errs, strict=True))
     return rows
 
 
 def false_alarms(stars: list[Star], alpha: float) -> tuple[int, int]:
     """Constant, unblended stars flagged at false-alarm rate alpha, and how many there are."""
     const = [s for s in stars if s.kind == "constant" and not s.blended]
-    flagged = [
-        s for s in const if np.nan_to_num(s.p_chi2, nan=1) < alpha / 2 or s.p_vn < alpha / 2
-    ]
+    flagged = [s for s in const if np.nan_to_num(s.p_chi2, nan=1) < alpha / 2 or s.p_vn < alpha / 2]
     return len(flagged), len(const)
 
 
