@@ -229,3 +229,29 @@ def test_field_photometry_agrees_with_measure_stars(tmp_path):
     ratio = np.median(got["flux_err"][ok] / ref["flux_err"][ok])
     assert 1.0 <= ratio < 1.12
     assert np.array_equal(got["peak"], ref["peak"], equal_nan=True)
+
+
+def test_sky_ring_leaves_out_a_bright_neighbour():
+    """A star 6 mag brighter sits in the ring: unmasked, its wings lift the sky by far more
+    than the sky's own error; masked as measure.annulus_stats masks, the sky is the truth."""
+    from tsphot import measure
+
+    rng = np.random.default_rng(12)
+    ny, nx, sky, noise = 120, 120, 200.0, 5.0
+    img = rng.normal(sky, noise, (ny, nx))
+    yy, xx = np.mgrid[:ny, :nx]
+    bx, by, fwhm, beta = 80.0, 60.0, 4.0, 3.0
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    peak = 60000.0
+    img += peak * (1 + ((xx - bx) ** 2 + (yy - by) ** 2) / alpha**2) ** -beta
+    x, y = np.array([60.0]), np.array([60.0])  # the bright star 20 px away: inside the ring
+    plain, _, n_plain = field.sky_ring(img, x, y, 15.0, 25.0)
+    radius = measure.mask_radius_for(np.array([peak]), noise, fwhm)
+    masked, masked_std, n_masked = field.sky_ring(
+        img, x, y, 15.0, 25.0, mask_xy=np.array([[bx, by]]), mask_radius=radius
+    )
+    err = noise * np.sqrt(np.pi / 2 / n_masked[0])
+    assert n_masked[0] < n_plain[0]
+    assert plain[0] - sky > 5 * err  # the neighbour biases the unmasked sky
+    assert abs(masked[0] - sky) < 4 * err
+    assert masked_std[0] == pytest.approx(noise, rel=0.15)

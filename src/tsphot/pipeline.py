@@ -280,7 +280,7 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         _flag_nonfinite(data, x, y, max(plan.apertures.radii), st, cols)
         cols["obj_status"] = st
         if plan.field_xy is not None and len(plan.field_xy):
-            cols.update(_measure_field(data, raw, tr, plan))
+            cols.update(_measure_field(data, raw, tr, plan, mask_xy, mask_r))
     except (FrameError, InputError) as exc:
         res.status = "unregistered" if "register" in str(exc) else "bad_frame"
         res.reason = str(exc)
@@ -325,7 +325,14 @@ def _flag_nonfinite(
     cols["obj_reason"] = reasons
 
 
-def _measure_field(data: np.ndarray, raw: np.ndarray, tr: Any, plan: Plan) -> dict:
+def _measure_field(
+    data: np.ndarray,
+    raw: np.ndarray,
+    tr: Any,
+    plan: Plan,
+    mask_xy: np.ndarray | None = None,
+    mask_radius: float | np.ndarray = 0.0,
+) -> dict:
     """Field mode: the same vectorised photometry for every other star on the reference."""
     ny, nx = data.shape
     r_out = plan.apertures.annulus[1]
@@ -334,7 +341,10 @@ def _measure_field(data: np.ndarray, raw: np.ndarray, tr: Any, plan: Plan) -> di
     # No recentring: the frame's transform, fitted to the bright stars, places them well, and
     # recentring moves only stars far above the field's limit. measure_stars' apertures, sky
     # estimator and errors, made cheap for many stars:
-    m = field_mode.photometry(data, x, y, plan.apertures, plan.gain, plan.saturation, raw=raw)
+    m = field_mode.photometry(
+        data, x, y, plan.apertures, plan.gain, plan.saturation, raw=raw,
+        mask_xy=mask_xy, mask_radius=mask_radius,
+    )  # fmt: skip
     st = np.array(["ok"] * len(x), dtype=object)
     st[(x < r_out) | (x > nx - 1 - r_out) | (y < r_out) | (y > ny - 1 - r_out)] = "near_edge"
     st[~inside] = "off_frame"
