@@ -381,21 +381,24 @@ def _field_stars(
     keep &= (src.x > r_out) & (src.x < nx - 1 - r_out) & (src.y > r_out) & (src.y < ny - 1 - r_out)
     for o in objects:
         keep &= np.hypot(src.x - o.x, src.y - o.y) > r_ap
-    from scipy.stats import rice
-
     idx = np.flatnonzero(keep)
     xy = np.column_stack([src.x, src.y])
-    # Light of each neighbour inside the aperture: a Gaussian PSF offset by d puts the fraction
-    # rice.cdf(r/σ, d/σ) inside radius r; σ is widened 1.5× for the wings of real PSFs. More
-    # than 1 % of the star's own light means seeing changes move flux in and out: blended.
-    sig = 1.5 * fwhm / 2.3548
-    own = rice.cdf(r_ap / sig, 0.0)
+    # Light of each neighbour inside the aperture, from a Moffat profile of power 2.5 (the
+    # wings of real seeing; measure.mask_radius_for's profile) at the frame's FWHM: a bright
+    # star's wings reach far, and how much of them falls in the aperture follows the seeing.
+    # Blended: more of it in the aperture than 1 % of the star's own light, or than half the
+    # star's own noise (1/snr) for faint stars, where a smaller leak is lost in the noise.
+    frac = field_mode.moffat_in_aperture(r_ap, fwhm)
+    reach = r_ap + 8.0 * fwhm  # the mask radius's limit: beyond it the wings are under the noise
+    flux = np.clip(np.asarray(src.flux, float), 0, None)
     blended = np.zeros(idx.size, bool)
+    own = frac(np.zeros(1))[0]
     for k, i in enumerate(idx):
         d = np.hypot(xy[:, 0] - xy[i, 0], xy[:, 1] - xy[i, 1])
-        near = (d > 0) & (d < r_ap + 6 * sig)
-        leak = float(np.sum(np.clip(src.flux[near], 0, None) * rice.cdf(r_ap / sig, d[near] / sig)))
-        blended[k] = leak > 0.01 * max(float(src.flux[i]), 1e-9) * own
+        near = (d > 0) & (d < reach)
+        leak = float(np.sum(flux[near] * frac(d[near])))
+        limit = max(0.01, 0.5 / max(float(snr[i]), 1e-9))
+        blended[k] = leak > limit * max(float(flux[i]), 1e-9) * own
     return xy[idx], snr[idx], blended
 
 
