@@ -738,6 +738,64 @@ def _trapezoid_chi2(
     return chi0 - depth * num * (den > 0), depth
 
 
+def _full_profile(
+    s: Series,
+    resid_at: Any,
+    p_best: float,
+    v_best: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    step: float,
+    scale: float,
+    max_steps: int = 24,
+    alias_threshold: float = ALIAS_THRESHOLD,
+) -> tuple[float, float, list[tuple[float, float]]] | None:
+    """The profile chi-square in period, every other trapezoid parameter refitted, walked out
+    from p_best with warm starts: the periods where it first rises by ``scale`` on each side,
+    and the further local minima within ``alias_threshold`` (scaled) of the best, as
+    (period, scaled Δχ²). None if a fit fails."""
+    from scipy.optimize import least_squares
+
+    def chi_at(period: float, v0: np.ndarray) -> tuple[float, np.ndarray]:
+        best = None
+        w = v_best[1]
+        starts = [v0, np.array([v0[0], v0[1], v_best[2]])]  # the ingress has local minima,
+        for dt, fw in ((-0.05, 0.9), (0.05, 0.9), (-0.05, 1.1), (0.05, 1.1)):  # and the edges
+            starts.append(np.array([v0[0] + dt * w, v0[1] * fw, v0[2]]))
+        for start in starts:
+            f = least_squares(resid_at, np.clip(start, lo, hi), args=(period,), bounds=(lo, hi))
+            if best is None or f.cost < best.cost:
+                best = f
+        return 2.0 * float(best.cost), best.x
+
+    try:
+        c0, _ = chi_at(p_best, v_best)
+        ends, minima = [], []
+        for sign in (-1.0, 1.0):
+            v, prev_p, prev_c, end = v_best.copy(), p_best, c0, None
+            walk = []
+            for k in range(1, max_steps + 1):
+                period = p_best + sign * k * step
+                c, v = chi_at(period, v)
+                walk.append((period, c))
+                if end is None and c - c0 >= scale:
+                    end = prev_p + (period - prev_p) * (c0 + scale - prev_c) / (c - prev_c)
+                if c - c0 > (alias_threshold + 4.0) * scale:
+                    break  # no alias can lie beyond a rise this high within the walk
+                prev_p, prev_c = period, max(c, c0)
+            ends.append(end if end is not None else p_best + sign * max_steps * step)
+            cs = [c0] + [c for _, c in walk]
+            for i in range(1, len(walk) - 1):  # dips after the first crossing: aliases
+                past = end is not None and abs(walk[i][0] - p_best) > abs(end - p_best)
+                if past and cs[i + 1] < cs[i] and walk[i][1] < walk[i + 1][1]:
+                    d = (walk[i][1] - c0) / scale
+                    if d < alias_threshold:
+                        minima.append((walk[i][0], max(d, 0.0)))
+    except (ValueError, np.linalg.LinAlgError):
+        return None
+    return ends[0], ends[1], minima
+
+
 def _refine_trapezoid(s: Series, res: PeriodResult, step_f: float) -> None:
     """Refit the BLS box as a trapezoid with free period and per-night zero points.
 
@@ -763,6 +821,9 @@ def _refine_trapezoid(s: Series, res: PeriodResult, step_f: float) -> None:
         x = np.hstack([onehot, h[:, None]])
         coef = np.linalg.lstsq(x * iw[:, None], s.mag * iw, rcond=None)[0]
         return (s.mag - x @ coef) * iw
+
+    def resid_at(v: np.ndarray, period: float) -> np.ndarray:
+        return resid(np.concatenate([[period], v]))
 
     # the mid-time nearest the middle of the data: there period and mid-time are uncorrelated
     t_mean = float(np.average(s.t, weights=iw**2))
@@ -813,6 +874,24 @@ def _refine_trapezoid(s: Series, res: PeriodResult, step_f: float) -> None:
     )
     if j == 0 or k == periods.size - 1:
         res.notes.append("the trapezoid profile does not close within its window: error too small")
+    # The grid above held width and ingress: a transit seen only in ingress or egress times
+    # its middle by its width, so the full profile (mid-time, width and ingress refitted at
+    # each period) is wider. Walk it outwards from the best period with warm starts.
+    full = _full_profile(s, resid_at, p_c, np.array([t_c, width, ingress]), lo[1:], hi[1:],
+                         max(0.25 * (p_hi - p_lo), 1e-9), scale)  # fmt: skip
+    if full is not None:
+        p_lo, p_hi = min(p_lo, full[0]), max(p_hi, full[1])
+        step = max(0.25 * (p_hi - p_lo), 1e-9)
+        for p_a, d_a in full[2]:
+            if all(abs(a.period - p_a) > step for a in res.aliases):
+                res.aliases.append(Alias(p_a, step, d_a))
+        if full[2]:
+            res.aliases.sort(key=lambda a: a.delta_chi2)
+            res.aliases_unresolved = True
+            res.notes.append(
+                "the trapezoid's profile has other minima within a scaled Δχ² of "
+                f"{ALIAS_THRESHOLD:g}: " + ", ".join(f"{p_a:.6g} d" for p_a, _ in full[2])
+            )
     q_best = np.array([p_c, t_c, width, ingress])
     h = trapezoid_shape(s.t, *q_best)
     x_lin = np.hstack([onehot, h[:, None]])
