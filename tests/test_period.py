@@ -148,12 +148,6 @@ def test_bls_recovers_transits_within_error():
 
 
 @pytest.mark.heavy
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: 40 seeds give 49 % within 1 sigma (68 % nominal), |z| up to 4.2: with "
-    "three or four transits, some seen only in ingress or egress, the profile walked with a "
-    "few warm starts still misses minima of the ragged chi-square, so the error is ~1.3x small",
-)
 def test_bls_coverage_on_transits():
     """Transits of depth 3× the per-point noise: the period within its 1-sigma error 68 % of
     the time (40 seeds: binomial sigma 7 %), other peaks only when said and listed."""
