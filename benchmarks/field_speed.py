@@ -18,23 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from tsphot import pipeline
-from tsphot.settings import ObjectSpec, make_settings
+from tsphot import datasets, pipeline
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hatp32-microobservatory"
 
 
 def settings(out: Path, all_stars: bool):
     """The settings of the real-data test (tests/test_realdata_hatp32.py), without the fit."""
-    return make_settings(
-        frames=[str(DATA)],
-        out=str(out),
-        targets=[
-            ObjectSpec(name="HAT-P-32", x=423.2, y=286.0, ra="02:04:10.278", dec="+46:41:16.21")
-        ],
-        radii=[2.75, 3.0, 3.25, 3.5, 3.75, 4.0, 4.25],
-        annulus=(9.0, 16.0),
-        site=(31.675467, -110.951376, 1268.0),
+    return datasets.hatp32_settings(
+        out,
+        data_dir=DATA,
         quiet=True,
         all_stars=all_stars or None,
         executor="serial",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from tsphot import pipeline
-from tsphot.settings import ObjectSpec, TransitSpec, make_settings
+from tsphot import datasets, pipeline
+from tsphot.settings import TransitSpec
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hatp32-microobservatory"
 pytestmark = [
@@ -26,17 +26,11 @@ TARGET_SCATTER = 0.0048  # what tsphot must reach (the issue's goal; a quick ens
 @pytest.fixture(scope="module")
 def hat_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("hatp32")
-    settings = make_settings(
-        frames=[str(DATA)],
-        out=str(out),
-        targets=[
-            ObjectSpec(name="HAT-P-32", x=423.2, y=286.0, ra="02:04:10.278", dec="+46:41:16.21")
-        ],
+    settings = datasets.hatp32_settings(
+        out,
+        data_dir=DATA,
         # no --comp: the comparison ensemble is chosen from the field; no --gain: the headers
         # carry none, so it is estimated from the stars
-        radii=[2.75, 3.0, 3.25, 3.5, 3.75, 4.0, 4.25],
-        annulus=(9.0, 16.0),
-        site=(31.675467, -110.951376, 1268.0),
         transit=TransitSpec(
             t0=PREDICTED_T0, period=2.1500082, rp=0.1489, a=5.344, inc=88.98, u=[0.45, 0.25]
         ),

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from tsphot import field, pipeline
-from tsphot.settings import ObjectSpec, make_settings
+from tsphot import datasets, field, pipeline
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hatp32-microobservatory"
 pytestmark = [
@@ -30,15 +29,9 @@ TOLERANCE = 0.2  # median achieved/predicted rms of a magnitude bin within 1 ± 
 @pytest.fixture(scope="module")
 def hat_field(tmp_path_factory):
     out = tmp_path_factory.mktemp("hatp32-field")
-    settings = make_settings(
-        frames=[str(DATA)],
-        out=str(out),
-        targets=[
-            ObjectSpec(name="HAT-P-32", x=423.2, y=286.0, ra="02:04:10.278", dec="+46:41:16.21")
-        ],
-        radii=[2.75, 3.0, 3.25, 3.5, 3.75, 4.0, 4.25],
-        annulus=(9.0, 16.0),
-        site=(31.675467, -110.951376, 1268.0),
+    settings = datasets.hatp32_settings(
+        out,
+        data_dir=DATA,
         all_stars=True,
         quiet=True,
     )
