@@ -84,7 +84,7 @@ def find_sources(
         order = order[:max_sources]
     objs = objs[order]
     fwhm = _fwhm(objs, sub, saturation, float(bkg.globalback))
-    area = _half_max_area(sub, objs["x"], objs["y"])
+    area = half_max_area(sub, objs["x"], objs["y"])
     return Sources(
         x=np.asarray(objs["x"], float),
         y=np.asarray(objs["y"], float),
@@ -97,8 +97,9 @@ def find_sources(
     )
 
 
-def _half_max_area(sub: np.ndarray, x: np.ndarray, y: np.ndarray, half: int = 4) -> np.ndarray:
-    """Pixels at or above half the local peak near each (x, y) of a background-free image."""
+def half_max_area(sub: np.ndarray, x: np.ndarray, y: np.ndarray, half: int = 4) -> np.ndarray:
+    """Number of pixels (px²) at or above half the local peak around each (x, y) of a
+    background-subtracted image (a box of 2·half + 1 px; NaN near the edge or without a positive peak)."""
     ny, nx = sub.shape
     out = np.full(len(x), np.nan)
     for i, (xc, yc) in enumerate(zip(x, y, strict=True)):

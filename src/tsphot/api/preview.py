@@ -71,7 +71,7 @@ def stars(data: np.ndarray, saturation: float, nsigma: float = 5.0) -> dict[str,
     # each star's FWHM from the area above half its peak, FWHM = 2 sqrt(area / π): the measure
     # detect.py uses (second moments overestimate it in a star's wings)
     back, _, _ = detect.background(data)
-    fwhm = 2.0 * np.sqrt(detect._half_max_area(data - back, src.x, src.y) / np.pi)
+    fwhm = 2.0 * np.sqrt(detect.half_max_area(data - back, src.x, src.y) / np.pi)
     ny, nx = data.shape
     out = []
     for i in range(len(src)):
