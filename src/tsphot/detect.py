@@ -99,7 +99,7 @@ def find_sources(
 
 def half_max_area(sub: np.ndarray, x: np.ndarray, y: np.ndarray, half: int = 4) -> np.ndarray:
     """Number of pixels (px²) at or above half the local peak around each (x, y) of a
-    background-subtracted image (a box of 2·half + 1 px; NaN near the edge or without a positive peak)."""
+    background-subtracted image, in a box of 2·half + 1 px (NaN at the edge or no peak)."""
     ny, nx = sub.shape
     out = np.full(len(x), np.nan)
     for i, (xc, yc) in enumerate(zip(x, y, strict=True)):
