@@ -120,7 +120,8 @@ def test_single_fit_recovers_truth_within_three_sigma(ensemble):
     assert e["depth"] / TRUE.rp**2 < 0.04
     # depth = rp^2 and its error 2 rp sigma_rp; inc was fixed so it has no error.
     assert res.params["depth"] == pytest.approx(res.params["rp"] ** 2)
-    assert e["depth"] == pytest.approx(2 * res.params["rp"] * e["rp"], rel=1e-3)
+    # (half-widths of profile intervals: depth's maps rp's through rp², nearly symmetric here)
+    assert e["depth"] == pytest.approx(2 * res.params["rp"] * e["rp"], rel=1e-2)
     assert "inc" not in e and res.params["inc"] == TRUE.inc
     # Arrays: model = transit × baseline; mask covers everything (no outliers in this seed).
     assert np.allclose(res.model, res.transit * res.baseline)
@@ -143,6 +144,75 @@ def test_coverage_of_reported_errors(ensemble):
     # And nothing is biased: the mean normalised error is within 3/sqrt(40) of zero.
     assert abs(np.mean(z_t0)) < 3 / math.sqrt(N_SEEDS)
     assert abs(np.mean(z_depth)) < 3 / math.sqrt(N_SEEDS)
+
+
+def test_profile_intervals_where_the_likelihood_is_gaussian(ensemble):
+    """Well-measured transits: the profile intervals agree with the covariance and cover."""
+    half = []
+    inside = {"t0": 0, "depth": 0}
+    truth = {"t0": TRUE.t0, "depth": TRUE.rp**2}
+    for r in ensemble:
+        i = r.cov_names.index("t0")
+        half.append(r.errors["t0"] / math.sqrt(r.covariance[i, i]))
+        for name in inside:
+            lo, hi = r.intervals[name]["2sigma"]
+            inside[name] += lo <= truth[name] <= hi
+            # the 2-sigma interval is about twice the 1-sigma one where Δχ² is a parabola
+            # (not where an envelope of two detrending models was taken)
+            if not any("depend(s) on the detrending" in n for n in r.notes):
+                lo1, hi1 = r.intervals[name]["1sigma"]
+                assert (hi - lo) / (hi1 - lo1) == pytest.approx(2.0, rel=0.1)
+        assert r.detection_sigma > 30  # a 2.25 % transit at 0.3 % per point
+    # Within 10 % of the parabola's error here (the envelope with the unused `noise` regressor
+    # can only widen it); measured median 1.0x.
+    assert 0.95 < np.median(half) < 1.1, np.round(half, 3)
+    # 38 of 40 expected inside; fewer than 35 has probability 5 % for honest intervals
+    assert inside["t0"] >= 35 and inside["depth"] >= 35, inside
+
+
+def _partial_night(seed: int, sigma: float) -> tuple[np.ndarray, ...]:
+    """A 0.8 % transit filling 60 % of a 3.3-hour night, with an airmass trend."""
+    t = PARTIAL_TRUE.t0 + (np.arange(160) - 80) * 75.0 / 86400.0
+    am = timing.airmass(t, COORD, SITE)
+    rng = np.random.default_rng(1000 + seed)
+    tr = fit.transit_model(t, PARTIAL_TRUE, exptime_s=60.0)
+    flux = tr * (1.0 - 0.03 * (am - am.mean())) + rng.normal(0.0, sigma, t.size)
+    return t, flux, np.full(t.size, sigma), am
+
+
+PARTIAL_TRUE = fit.TransitParams(t0=2458107.714, period=2.15, rp=0.08944, a=8.6275, inc=88.007)
+
+
+def test_weak_detection_is_said_and_its_interval_is_wide():
+    t, flux, err, am = _partial_night(0, 0.0118)
+    guess = PARTIAL_TRUE.replace(t0=PARTIAL_TRUE.t0 + 8 / 1440, rp=0.8 * PARTIAL_TRUE.rp)
+    res = fit.fit_transit(t, flux, err, guess, regressors={"airmass": am}, exptime_s=60.0)
+    assert res.detection_sigma < fit.WEAK_DETECTION
+    assert any("detected at only" in n for n in res.notes)
+    lo, hi = res.intervals["t0"]["2sigma"]
+    # the covariance error would claim more than the data hold (whether truth is inside is a
+    # matter of coverage over many nights: test_profile_coverage_of_a_partial_shallow_transit)
+    i = res.cov_names.index("t0")
+    assert (hi - lo) / 4 > math.sqrt(res.covariance[i, i])
+
+
+@pytest.mark.heavy
+def test_profile_coverage_of_a_partial_shallow_transit():
+    """100 nights where duration, trend and transit trade off: 2-sigma intervals cover truth."""
+    inside, cov_inside = {"t0": 0, "depth": 0}, {"t0": 0, "depth": 0}
+    truth = {"t0": PARTIAL_TRUE.t0, "depth": PARTIAL_TRUE.rp**2}
+    guess = PARTIAL_TRUE.replace(t0=PARTIAL_TRUE.t0 + 8 / 1440, rp=0.8 * PARTIAL_TRUE.rp)
+    for seed in range(100):
+        t, flux, err, am = _partial_night(seed, 0.005)
+        r = fit.fit_transit(t, flux, err, guess, regressors={"airmass": am}, exptime_s=60.0)
+        for name in inside:
+            lo, hi = r.intervals[name]["2sigma"]
+            inside[name] += lo <= truth[name] <= hi
+            sd = math.sqrt(r.covariance[r.cov_names.index(name)][r.cov_names.index(name)])
+            cov_inside[name] += abs(r.params[name] - truth[name]) < 2 * sd
+    # 95 expected; 90 is 2.3 binomial sigma below. The covariance's errors covered t0 in 86.
+    assert inside["t0"] >= 90 and inside["depth"] >= 90, (inside, cov_inside)
+    assert inside["t0"] > cov_inside["t0"], (inside, cov_inside)
 
 
 def test_bic_selects_airmass_not_noise(ensemble):
@@ -188,7 +258,9 @@ def test_understated_errors_raise_chi2_red_and_scaled_errors():
     )
     assert res.chi2_red == pytest.approx(4.0 * right.chi2_red, rel=1e-6)
     assert res.params["t0"] == pytest.approx(right.params["t0"], abs=1e-8)
-    assert res.errors["t0"] == pytest.approx(right.errors["t0"] / 2.0, rel=2e-3)
+    # Profile intervals: each scan point is a refit (optimiser tolerances) and the crossings are
+    # interpolated on a grid whose steps differ between the two fits, hence 1 %, not exact.
+    assert res.errors["t0"] == pytest.approx(right.errors["t0"] / 2.0, rel=1e-2)
     assert res.errors_scaled["t0"] == pytest.approx(
         res.errors["t0"] * math.sqrt(res.chi2_red), rel=1e-9
     )

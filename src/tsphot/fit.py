@@ -16,6 +16,13 @@ Golub & Pereyra 1973); ``scipy.optimize.least_squares`` (bounded trust region) s
 transit parameters. The covariance of every parameter (transit and baseline together) is
 ``(JᵀJ)⁻¹`` of the full weighted Jacobian at the optimum, from the reported flux errors; derived
 quantities (depth = rp², T14, ``c_i``) are propagated through it with a numerical Jacobian.
+The errors of t0, rp and depth are instead half the 68 % profile-likelihood interval: χ² is
+scanned along the parameter with every other one refitted, and the interval is where it stays
+within 1 (2 sigma: 4) of the minimum (Wilks 1938). Unlike the covariance, this stays right for
+a shallow or partial transit whose duration trades against the baseline, and the scan also
+escapes a local minimum. Where BIC chose fewer terms than offered, the intervals span the scans
+of both the chosen and the full model, so a dropped trend that the transit can mimic still
+widens them. ``detection_sigma`` = sqrt(χ²(no transit) − χ²).
 
 Detrending terms are chosen by greedy forward selection on the Bayesian information criterion
 ``BIC = χ² + k ln N``: a term is added while it lowers BIC by more than ``MIN_DELTA_BIC`` (2,
@@ -34,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -66,6 +73,17 @@ FREE_NAMES = ("t0", "rp", "a", "inc")
 MIN_DELTA_BIC = 2.0
 SUBEXPOSURE_S = 15.0
 MAX_CLIP_ITER = 10
+# Profile likelihood: Δχ² levels of the reported intervals (Wilks: 1 and 2 sigma for one
+# parameter), where a scan stops (3 sigma), and the most steps taken on either side.
+PROFILE_LEVELS = {"1sigma": 1.0, "2sigma": 4.0}
+PROFILE_STOP = 9.0
+PROFILE_MAX_STEPS = 60
+# Below this detection significance (sigma) the fit warns that its parameters are loose.
+WEAK_DETECTION = 7.0
+# Relative tolerance of the refits along a profile: χ² ~ N to 1e-6 N is ample for Δχ² levels.
+PROFILE_TOL = 1e-6
+# A profile point this much below the optimum's χ² means the optimiser sat in a local minimum.
+PROFILE_BETTER = 0.01
 _N_LD = {
     "uniform": 0,
     "linear": 1,
@@ -130,6 +148,10 @@ class FitResult:
     selection: list[tuple[list[str], float]] = field(default_factory=list)  # (terms, BIC_sel)
     notes: list[str] = field(default_factory=list)
     success: bool = True
+    # sqrt(χ²(no transit, same baseline) − χ²): how strongly the data prefer a transit
+    detection_sigma: float = float("nan")
+    # profile-likelihood intervals of t0 and depth: {name: {"1sigma": (lo, hi), "2sigma": ...}}
+    intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +311,11 @@ def _inside(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def _optimise(
-    prob: _Problem, terms: list[str], mask: np.ndarray, starts: list[np.ndarray]
+    prob: _Problem,
+    terms: list[str],
+    mask: np.ndarray,
+    starts: list[np.ndarray],
+    tol: float = 1e-9,
 ) -> _Solution:
     """Best nonlinear fit over several starting points (variable projection for the baseline)."""
     design = _design(prob, terms)
@@ -338,9 +364,9 @@ def _optimise(
             jac=jacobian,
             x_scale=x_scale,
             method="trf",
-            xtol=1e-8,
-            ftol=1e-9,
-            gtol=1e-9,
+            xtol=10 * tol,
+            ftol=tol,
+            gtol=tol,
             max_nfev=400,
         )
         chi2 = float(res.fun @ res.fun)
@@ -391,6 +417,154 @@ def _t0_grid_starts(prob: _Problem, terms: list[str], mask: np.ndarray, n_best: 
         x[i_t0] = t0 - prob.t_ref
         starts.append(x)
     return starts
+
+
+def _fixed(prob: _Problem, name: str, value: float) -> _Problem:
+    """The problem with one free parameter held at an absolute value (t0 in BJD, not offset)."""
+    rest = tuple(n for n in prob.free if n != name)
+    return replace(prob, free=rest, params=prob.params.replace(**{name: value}))
+
+
+def _param_bounds(prob: _Problem, name: str, mask: np.ndarray) -> tuple[float, float]:
+    if name == "t0":
+        return float(prob.t[mask].min()), float(prob.t[mask].max())
+    return BOUNDS[name]
+
+
+def _scan(
+    prob: _Problem, sol: _Solution, name: str, step: float
+) -> tuple[list[tuple[float, float]], np.ndarray | None]:
+    """Profile χ² of one parameter, walked out from the optimum on both sides.
+
+    Returns the points (value, Δχ²), sorted by value, and the full parameter vector of a point
+    better than the optimum (None if there is none). Each point re-optimises the other free
+    transit parameters (continued from its neighbour) and the linear baseline.
+    """
+    i = prob.free.index(name)
+    best = _x_to_dict(prob, sol.x)[name]
+    # Other starts for the remaining parameters where the profile crosses a level: the
+    # optimum's and the user's values (a duration branch continuation left is found again).
+    rest = [n for n in prob.free if n != name]
+    user = np.array(
+        [getattr(prob.params, n) - (prob.t_ref if n == "t0" else 0.0) for n in rest], dtype=float
+    )
+    others = [np.delete(sol.x, i), user]
+    lo, hi = _param_bounds(prob, name, sol.mask)
+    points = [(best, 0.0)]
+    better: tuple[float, np.ndarray] | None = None
+    for direction in (-1.0, 1.0):
+        v, h = best, step
+        x_rest = np.delete(sol.x, i)
+        previous = 0.0
+        for _ in range(PROFILE_MAX_STEPS):
+            if (direction < 0 and v <= lo) or (direction > 0 and v >= hi):
+                break
+            v = float(np.clip(v + direction * h, lo, hi))
+            sub = _fixed(prob, name, v)
+            s = _optimise(sub, sol.terms, sol.mask, [x_rest], PROFILE_TOL)
+            rise = s.chi2 - sol.chi2
+            if any(previous < lvl <= rise for lvl in (*PROFILE_LEVELS.values(), PROFILE_STOP)):
+                # about to close an interval: first make sure no other branch stays lower
+                for x_other in others:
+                    alt = _optimise(sub, sol.terms, sol.mask, [x_other], PROFILE_TOL)
+                    if alt.chi2 < s.chi2 - 1e-6:
+                        s = alt
+            d = s.chi2 - sol.chi2
+            points.append((v, d))
+            x_rest = s.x
+            if d < -PROFILE_BETTER and (better is None or d < better[0]):
+                x = np.insert(s.x, i, v - (prob.t_ref if name == "t0" else 0.0))
+                better = (d, x)
+            if d >= PROFILE_STOP:
+                break
+            # Where the profile is flat (a degenerate or bimodal likelihood), stride out.
+            if d - previous < 0.5:
+                h *= 1.3
+            previous = d
+    points.sort()
+    return points, (None if better is None else better[1])
+
+
+def _interval(
+    points: list[tuple[float, float]], level: float, bounds: tuple[float, float]
+) -> tuple[float, float]:
+    """Outermost values where the profile Δχ² stays below level, interpolated at the crossing."""
+    v = np.array([p[0] for p in points])
+    d = np.array([p[1] for p in points])
+    inside = np.nonzero(d < level)[0]
+    j_lo, j_hi = int(inside.min()), int(inside.max())
+
+    def cross(j_in: int, j_out: int) -> float:
+        # sqrt(Δχ²) is linear in the parameter where the likelihood is Gaussian: interpolate it
+        r_in, r_out = math.sqrt(max(d[j_in], 0.0)), math.sqrt(d[j_out])
+        frac = (math.sqrt(level) - r_in) / (r_out - r_in)
+        return float(v[j_in] + frac * (v[j_out] - v[j_in]))
+
+    low = cross(j_lo, j_lo - 1) if j_lo > 0 else bounds[0]
+    high = cross(j_hi, j_hi + 1) if j_hi < v.size - 1 else bounds[1]
+    return low, high
+
+
+def _profiles(
+    prob: _Problem, sol: _Solution, sigma: dict[str, float], notes: list[str]
+) -> tuple[_Solution, dict[str, dict[str, tuple[float, float]]]]:
+    """Profile-likelihood intervals of t0 and rp; a better minimum found on the way is taken."""
+    names = [n for n in ("t0", "rp") if n in prob.free]
+    intervals: dict[str, dict[str, tuple[float, float]]] = {}
+    for attempt in range(4):
+        intervals = {}
+        moved = False
+        for name in names:
+            lo, hi = _param_bounds(prob, name, sol.mask)
+            s = sigma.get(name, float("nan"))
+            step = s / 2.0 if np.isfinite(s) and s > 0 else (hi - lo) / 200.0
+            step = min(max(step, 1e-6 * (hi - lo)), (hi - lo) / 20.0)
+            points, better = _scan(prob, sol, name, step)
+            if better is not None and attempt < 3:
+                sol = _optimise(prob, sol.terms, sol.mask, [better])
+                notes.append(f"the profile of {name} found a better fit; the fit restarted there")
+                moved = True
+                break
+            intervals[name] = {
+                key: _interval(points, level, (lo, hi)) for key, level in PROFILE_LEVELS.items()
+            }
+        if not moved:
+            break
+    return sol, intervals
+
+
+def _envelope(
+    a: dict[str, dict[str, tuple[float, float]]], b: dict[str, dict[str, tuple[float, float]]]
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per parameter and level, the smallest interval holding both."""
+    out = {}
+    for name, levels in a.items():
+        out[name] = {
+            key: (min(lo, b[name][key][0]), max(hi, b[name][key][1])) if name in b else (lo, hi)
+            for key, (lo, hi) in levels.items()
+        }
+    return out
+
+
+def _apply_intervals(
+    res: FitResult, intervals: dict[str, dict[str, tuple[float, float]]], notes: list[str]
+) -> None:
+    """Report the profile intervals, and their half-widths as the errors of t0, rp and depth."""
+    inflation = math.sqrt(max(1.0, res.chi2_red)) if np.isfinite(res.chi2_red) else 1.0
+    for name, by_level in intervals.items():
+        targets = {name: by_level}
+        if name == "rp":
+            targets["depth"] = {k: (lo * lo, hi * hi) for k, (lo, hi) in by_level.items()}
+        for key, levels in targets.items():
+            res.intervals[key] = levels
+            lo, hi = levels["1sigma"]
+            res.errors[key] = 0.5 * (hi - lo)
+            res.errors_scaled[key] = res.errors[key] * inflation
+    if intervals:
+        notes.append(
+            "errors of " + ", ".join(res.intervals) + " are half the 68 % profile-likelihood "
+            "interval (Δχ² = 1, the other parameters refitted)"
+        )
 
 
 def _normalised_residuals(prob: _Problem, sol: _Solution) -> np.ndarray:
@@ -724,7 +898,45 @@ def _run(
     if prob.free and terms != full_terms:
         starts += _t0_grid_starts(prob, terms, mask)[1:]
     sol = _fit_with_clipping(prob, terms, valid, mask, starts, clip_sigma)
-    return _finish(prob, sol, valid, selection, notes)
+    res = _finish(prob, sol, valid, selection, list(notes))
+    if prob.transit is None or not set(prob.free) & {"t0", "rp"}:
+        return res
+    # 4. Profile-likelihood intervals: the covariance is a parabola at the optimum, which
+    # misleads when a parameter is degenerate with the duration or the baseline (shallow or
+    # partial transits); the scan also escapes a local minimum the starts missed.
+    sol2, intervals = _profiles(prob, sol, res.errors, notes)
+    if sol2 is not sol:
+        res = _finish(prob, sol2, valid, selection, list(notes))
+    if terms != full_terms:
+        # The chosen terms are a choice the data made: where a trend and a longer or shifted
+        # transit fit about as well, BIC may drop the trend, and the interval of the chosen
+        # model alone then misses the truth. When the model with every candidate term puts a
+        # parameter outside the chosen model's 1-sigma interval, the estimate depends on the
+        # detrending more than on the noise: that parameter's interval spans both models.
+        full_sol = _optimise(prob, full_terms, sol2.mask, [sol2.x, full.x])
+        at = _x_to_dict(prob, full_sol.x)
+        moved = [
+            n
+            for n in intervals
+            if not intervals[n]["1sigma"][0] <= at[n] <= intervals[n]["1sigma"][1]
+        ]
+        if moved:
+            _, wide = _profiles(prob, full_sol, res.errors, [])
+            intervals = _envelope(intervals, {n: wide[n] for n in moved if n in wide})
+            res.notes.append(
+                f"{', '.join(moved)} depend(s) on the detrending: the intervals span the fit "
+                f"with the chosen terms and with every candidate ({', '.join(full_terms)})"
+            )
+    _apply_intervals(res, intervals, res.notes)
+    flat = _solve_linear(np.ones_like(prob.t), _design(prob, res.terms), prob, res.mask)[1]
+    res.detection_sigma = math.sqrt(max(float(flat @ flat) - res.chi2, 0.0))
+    if res.detection_sigma < WEAK_DETECTION:
+        res.notes.append(
+            f"the transit is detected at only {res.detection_sigma:.1f} sigma (Δχ² against no "
+            "transit): mid-time, depth and duration are loosely constrained; quote the "
+            "profile intervals, not Gaussian errors"
+        )
+    return res
 
 
 def fit_transit(

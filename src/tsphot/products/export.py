@@ -424,6 +424,11 @@ def run_record(
             entry["fit"] = {
                 "params": c.fit.params,
                 "errors": c.fit.errors,
+                "intervals": {
+                    k: {lvl: list(v) for lvl, v in by.items()} for k, by in c.fit.intervals.items()
+                },
+                "detection_sigma": c.fit.detection_sigma,
+                "notes": c.fit.notes,
                 "chi2_red": c.fit.chi2_red,
                 "residual_rms": c.fit.residual_rms,
                 "terms": c.fit.terms,
