@@ -127,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--field-snr", type=float, help="field mode: faintest star's S/N (10)")
     r.add_argument(
+        "--sky-apertures",
+        type=int,
+        help="empty-sky apertures measuring the background's real noise (100 with "
+        "--all-stars, else 30; 0: off)",
+    )
+    r.add_argument(
         "--field-fap",
         type=float,
         help="field mode: false-alarm rate of a constant star flagged as variable (0.001)",
@@ -380,6 +386,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
         "all_stars": a.all_stars or None,
         "field_snr": a.field_snr,
         "field_false_alarm": a.field_fap,
+        "sky_apertures": a.sky_apertures,
         "workers": a.workers,
         "scheduler": a.scheduler,
         "executor": "dask" if a.scheduler and not a.executor else a.executor,

@@ -579,6 +579,8 @@ def reduce_field(settings: Any, plan: Any, results: list, red: Any, notes: dict)
             fstat[i] = c["field_status"]
         else:
             fstat[i] = r.status if r.status != "ok" else "not_measured"
+    # the background excess measured on the empty-sky apertures, as every star carries it
+    ferr = np.sqrt(ferr**2 + getattr(red, "excess_var", 0.0))
     with np.errstate(invalid="ignore"):
         mag, mag_err = instrumental(flux, ferr, red.exptime, red.scint)
     valid = (fstat == "ok") & np.isfinite(mag) & np.isfinite(mag_err)

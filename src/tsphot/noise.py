@@ -234,3 +234,95 @@ def rescale_gain(
     photon = np.clip(f, 0.0, None)
     background = np.clip(e**2 - photon, 0.0, None)
     return f * factor, np.sqrt(photon * factor + background * factor**2)
+
+
+# Excess smaller than this many of its own standard errors is not applied (white sky: zero).
+EXCESS_SIGNIFICANCE = 3.0
+
+
+def background_excess(
+    flux_e: ArrayLike,
+    predicted_var_e2: ArrayLike,
+    valid: ArrayLike,
+    *,
+    min_points: int = 10,
+    point_clip: float = 5.0,
+    aperture_clip: float = 4.0,
+    significance: float = EXCESS_SIGNIFICANCE,
+) -> dict[str, float | int]:
+    """Background variance (e², per aperture) the CCD equation misses, from empty-sky apertures.
+
+    ``flux_e`` [frame, aperture] are sky-subtracted sums of apertures placed on empty sky (their
+    true flux is 0), ``predicted_var_e2`` the CCD equation's background variance of each sum
+    (sky, dark, read noise as measured in the annulus, and the sky estimate's own error).
+    Per aperture, the temporal variance about its mean (points beyond ``point_clip`` sigma of
+    the MAD clipped, as stars' outliers are) minus the mean predicted variance is one estimate
+    of the excess; apertures whose estimate lies beyond ``aperture_clip`` sigma (MAD) of the
+    median (a faint star, a satellite trail) are dropped, and the excess is the mean of the
+    rest, its error their standard error (the spread across apertures holds both the sampling
+    noise of finite series and the excess's real variation over the chip). ``applied`` is
+    the excess when it is at least ``significance`` errors above zero, else 0.
+    """
+    f = np.asarray(flux_e, dtype=float)
+    p = np.asarray(predicted_var_e2, dtype=float)
+    ok = np.asarray(valid, bool) & np.isfinite(f) & np.isfinite(p)
+    est, ach, pred, npts = [], [], [], []
+    for j in range(f.shape[1]):
+        x, v = f[ok[:, j], j], p[ok[:, j], j]
+        if x.size < min_points:
+            continue
+        keep = np.ones(x.size, bool)
+        for _ in range(5):
+            med = np.median(x[keep])
+            sig = 1.4826 * np.median(np.abs(x[keep] - med))
+            new = np.abs(x - med) <= point_clip * sig if sig > 0 else keep
+            if np.array_equal(new, keep) or new.sum() < min_points:
+                break
+            keep = new
+        a = float(np.var(x[keep], ddof=1))
+        b = float(np.mean(v[keep]))
+        est.append(a - b)
+        ach.append(a)
+        pred.append(b)
+        npts.append(int(keep.sum()))
+    out: dict[str, float | int] = {
+        "excess_var_e2": float("nan"),
+        "excess_err_e2": float("nan"),
+        "significance": float("nan"),
+        "applied_var_e2": 0.0,
+        "achieved_var_e2": float("nan"),
+        "predicted_var_e2": float("nan"),
+        "ratio_rms": float("nan"),
+        "n_apertures": 0,
+        "n_rejected": 0,
+        "median_points": 0,
+    }
+    if len(est) < 3:
+        return out
+    d = np.array(est)
+    use = np.ones(d.size, bool)
+    for _ in range(10):
+        med = np.median(d[use])
+        sig = 1.4826 * np.median(np.abs(d[use] - med))
+        new = np.abs(d - med) <= aperture_clip * sig if sig > 0 else use
+        if np.array_equal(new, use) or new.sum() < 3:
+            break
+        use = new
+    excess = float(np.mean(d[use]))
+    err = float(np.std(d[use], ddof=1) / np.sqrt(use.sum()))
+    a_mean = float(np.mean(np.array(ach)[use]))
+    p_mean = float(np.mean(np.array(pred)[use]))
+    z = excess / err if err > 0 else float("inf") * np.sign(excess)
+    out.update(
+        excess_var_e2=excess,
+        excess_err_e2=err,
+        significance=float(z),
+        applied_var_e2=excess if z >= significance else 0.0,
+        achieved_var_e2=a_mean,
+        predicted_var_e2=p_mean,
+        ratio_rms=float(np.sqrt(a_mean / p_mean)) if p_mean > 0 else float("nan"),
+        n_apertures=int(use.sum()),
+        n_rejected=int((~use).sum()),
+        median_points=int(np.median(np.array(npts)[use])),
+    )
+    return out

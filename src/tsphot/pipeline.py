@@ -24,6 +24,10 @@ from tsphot.settings import ObjectSpec, Settings
 log = logging.getLogger("tsphot")
 
 REGISTER_SIGMA = 15.0  # detection threshold for per-frame registration stars
+# Empty-sky apertures (settings.sky_apertures when not given): many in field mode, where the
+# background term decides the faint stars' errors; a modest number in a plain run.
+SKY_APERTURES_FIELD = 100
+SKY_APERTURES_DEFAULT = 30
 
 
 @dataclass
@@ -74,6 +78,9 @@ class Plan:
     mask_noise: float = float("nan")
     mask_stars: bool = True  # leave the mask_xy stars out of sky annuli
     field_xy: np.ndarray | None = None  # field mode: every other star on the reference (px)
+    # Empty-sky apertures (reference-frame px): measured like stars, never recentred; their
+    # scatter measures the background noise the CCD equation misses (noise.background_excess).
+    sky_xy: np.ndarray | None = None
 
 
 def object_positions(plan: Plan, jd: float) -> tuple[np.ndarray, np.ndarray]:
@@ -281,6 +288,10 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         cols["obj_status"] = st
         if plan.field_xy is not None and len(plan.field_xy):
             cols.update(_measure_field(data, raw, tr, plan, mask_xy, mask_r))
+        if plan.sky_xy is not None and len(plan.sky_xy):
+            cols.update(
+                _measure_sky(data, raw, tr, plan, aps, res.fwhm, masters.bad, mask_xy, mask_r)
+            )
     except (FrameError, InputError) as exc:
         res.status = "unregistered" if "register" in str(exc) else "bad_frame"
         res.reason = str(exc)
@@ -357,6 +368,106 @@ def _measure_field(
         "field_flux_err": m["flux_err"],
         "field_status": st,
     }
+
+
+def _measure_sky(
+    data: np.ndarray,
+    raw: np.ndarray,
+    tr: Any,
+    plan: Plan,
+    aps: measure.Apertures,
+    fwhm: float,
+    bad_mask: np.ndarray | None,
+    mask_xy: np.ndarray | None,
+    mask_radius: float | np.ndarray,
+) -> dict:
+    """Empty-sky apertures: placed by the frame's transform and measured as the stars are
+    (same apertures, annulus sky, masks and cleaning), but never recentred: no star to find."""
+    ny, nx = data.shape
+    r_out = aps.annulus[1]
+    x, y = tr(plan.sky_xy[:, 0], plan.sky_xy[:, 1])
+    m = measure.measure_stars(
+        data, x, y, aps, plan.gain, raw=raw, saturation=plan.saturation, fwhm=fwhm,
+        clean_cosmics=plan.clean_cosmics, bad_mask=bad_mask, sky_method=plan.sky_method,
+        mask_xy=mask_xy, mask_radius=mask_radius,
+    )  # fmt: skip
+    st = np.array(["ok"] * len(x), dtype=object)
+    st[(x < r_out) | (x > nx - 1 - r_out) | (y < r_out) | (y > ny - 1 - r_out)] = "near_edge"
+    st[~((x >= 0) & (x <= nx - 1) & (y >= 0) & (y <= ny - 1))] = "off_frame"
+    st[(st == "ok") & (m["saturated"] | m["bad_pixel"])] = "bad_pixels"
+    st[(st == "ok") & ~np.isfinite(m["flux"][:, 0])] = "no_flux"
+    # the CCD equation's background variance of each sum: its error less the photon term
+    bkg = np.sqrt(np.clip(m["flux_err"] ** 2 - np.clip(m["flux"], 0, None), 0, None))
+    return {
+        "skyap_x": x,
+        "skyap_y": y,
+        "skyap_flux": m["flux"],
+        "skyap_bkg_err": bkg,
+        "skyap_status": st,
+    }
+
+
+def _sky_positions(
+    data: np.ndarray,
+    src: detect.Sources,
+    avoid: list[tuple[float, float, float]],
+    aps: measure.Apertures,
+    fwhm: float,
+    gain: float,
+    n: int,
+    bad_mask: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Up to n empty-sky positions (px) on the reference frame, spread over it at random (seeded).
+
+    Candidates lie on a grid of non-overlapping apertures whose annulus is inside the frame;
+    each must be clear of every detected star's wings (the radius where its Moffat profile
+    falls to half the sky noise, as the annulus masks use), of the ``avoid`` circles (x, y,
+    radius: the planned objects, a moving target's track), of NaN and bad pixels, and its
+    aperture sum on the reference frame must be within 3 sigma of zero (no faint star below
+    the detection limit, no hot pixel).
+    """
+    ny, nx = data.shape
+    r_ap, r_out = max(aps.radii), aps.annulus[1]
+    if n <= 0:
+        return np.zeros((0, 2))
+    step = 2.0 * r_ap + 2.0
+    margin = r_out + 2.0
+    gx = np.arange(margin, nx - 1 - margin, step)
+    gy = np.arange(margin, ny - 1 - margin, step)
+    if gx.size == 0 or gy.size == 0:
+        return np.zeros((0, 2))
+    xx, yy = np.meshgrid(gx, gy)
+    cand = np.column_stack([xx.ravel(), yy.ravel()])
+    if len(src):
+        wing = measure.mask_radius_for(np.asarray(src.peak, float), src.background_rms, fwhm)
+        sxy = np.column_stack([src.x, src.y])
+        from scipy.spatial import cKDTree
+
+        near = cKDTree(sxy).query_ball_point(cand, r_ap + float(np.max(wing)))
+        clear = np.ones(len(cand), bool)
+        for i, js in enumerate(near):
+            if js:
+                d = np.hypot(sxy[js, 0] - cand[i, 0], sxy[js, 1] - cand[i, 1])
+                clear[i] = bool(np.all(d > r_ap + wing[js]))
+        cand = cand[clear]
+    for ax_, ay_, ar in avoid:
+        cand = cand[np.hypot(cand[:, 0] - ax_, cand[:, 1] - ay_) > ar + r_ap]
+    if len(cand) == 0:
+        return np.zeros((0, 2))
+    m = measure.measure_stars(data, cand[:, 0], cand[:, 1], aps, gain, bad_mask=bad_mask)
+    f, e = m["flux"][:, -1], m["flux_err"][:, -1]
+    good = np.isfinite(f) & np.isfinite(e) & (np.abs(f) <= 3.0 * e) & ~m["bad_pixel"]
+    good &= ~m["edge"]
+    finite = np.isfinite(data)
+    for i in np.flatnonzero(good):  # no NaN pixel under the aperture (sep skips them silently)
+        x0, y0 = int(cand[i, 0] - r_ap), int(cand[i, 1] - r_ap)
+        x1, y1 = int(cand[i, 0] + r_ap) + 2, int(cand[i, 1] + r_ap) + 2
+        good[i] = bool(finite[max(y0, 0) : y1, max(x0, 0) : x1].all())
+    cand = cand[good]
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(cand))[:n]
+    return cand[np.sort(pick)]
 
 
 def _field_stars(
@@ -759,6 +870,32 @@ def plan_run(
             "selection": "detected on the reference frame above the S/N limit, unsaturated, "
             "annulus inside the frame, not a target, comparison or check star",
         }
+    n_sky = settings.sky_apertures
+    if n_sky is None:
+        n_sky = SKY_APERTURES_FIELD if settings.all_stars else SKY_APERTURES_DEFAULT
+    sky_xy = None
+    if n_sky > 0:
+        # clear of the planned objects and of a moving target's whole track through the night
+        avoid = [(o.x, o.y, max(radii) + 3 * fwhm) for o in objects]
+        jds = np.array([f.jd_utc_mid for f in ok if np.isfinite(f.jd_utc_mid)])
+        for o in objects:
+            if o.rate is not None and len(jds):
+                for t in np.linspace(jds.min(), jds.max(), 50) - o.epoch:
+                    avoid.append((o.x + o.rate[0] * t, o.y + o.rate[1] * t, 3 * fwhm))
+        sky_xy = _sky_positions(
+            ref_data, src, avoid, aps, fwhm, float(gain), n_sky,
+            bad_mask=_masters(masters_by_frame.get(ref.index)).bad, seed=settings.seed,
+        )  # fmt: skip
+        notes["sky_apertures"] = {
+            "requested": int(n_sky),
+            "placed": len(sky_xy),
+            "selection": "random (seeded) on a grid of non-overlapping apertures on the "
+            "reference frame, clear of every detected star's wings, the planned objects, "
+            "bad and NaN pixels, with an aperture sum within 3 sigma of zero; measured in every "
+            "frame like the stars (same transform, apertures, annulus sky) without recentring",
+        }
+        if len(sky_xy) < n_sky:
+            log.info("only %d of %d empty-sky apertures fit on the reference", len(sky_xy), n_sky)
     plan = Plan(
         objects=objects,
         ref_path=ref.path,
@@ -785,6 +922,7 @@ def plan_run(
         mask_noise=float(src.background_rms),
         mask_stars=settings.mask_stars,
         field_xy=field_xy,
+        sky_xy=sky_xy,
     )
     if settings.lacosmic and plan.read_noise is None:
         notes["assumed"].append(
@@ -906,6 +1044,9 @@ def rescale_results(results: list[FrameResult], factor: float) -> list[FrameResu
     for r in results:
         cols = dict(r.columns)
         cols["flux"], cols["flux_err"] = noise.rescale_gain(cols["flux"], cols["flux_err"], factor)
+        if "skyap_flux" in cols:  # a background measured in ADU: its error scales with the gain
+            cols["skyap_flux"] = cols["skyap_flux"] * factor
+            cols["skyap_bkg_err"] = cols["skyap_bkg_err"] * factor
         if "field_flux" in cols:
             cols["field_flux"], cols["field_flux_err"] = noise.rescale_gain(
                 cols["field_flux"], cols["field_flux_err"], factor

@@ -270,6 +270,13 @@ class Settings(BaseModel):
         lt=0.5,
         description="field mode: chance that a constant star is listed as a candidate variable",
     )
+    sky_apertures: int | None = Field(
+        None,
+        ge=0,
+        description="empty-sky apertures measured in every frame like stars (no recentring) to "
+        "measure the background noise the CCD equation misses (correlated or fixed-pattern "
+        "sky); none: 100 in field mode, 30 otherwise (a few ms per frame); 0: off",
+    )
     executor: Literal["serial", "processes", "dask"] = Field(
         "processes",
         description="where frames are measured: serial, a local process pool, or Dask (a local "

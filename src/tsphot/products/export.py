@@ -503,6 +503,13 @@ def run_record(
         "ensemble_iterations": ens.iterations,
         "objects": objects,
         "noise_budget": red.budget,
+        # the background noise the CCD equation misses, measured on empty-sky apertures
+        "background_excess": {
+            **(notes.get("background_excess") or {}),
+            "applied_var_e2_at_chosen_radius": float(getattr(red, "excess_var", 0.0)),
+            "apertures": notes.get("sky_apertures"),
+            "series": "sky_apertures.ecsv" if getattr(plan, "sky_xy", None) is not None else None,
+        },
         "mag_scale": red.mag_scale,
         "radius_chosen_by": notes.get("radius_chosen_by"),
         "scatter_by_radius": {str(k): v for k, v in red.scatter_by_radius.items()},
@@ -511,6 +518,39 @@ def run_record(
         "field": notes.get("field"),  # field mode (--all-stars) summary
     }
     return _jsonable(record)
+
+
+def sky_apertures_table(plan: Any, results: list) -> Table | None:
+    """The empty-sky apertures' series: one row per aperture and frame (None if none)."""
+    sky_xy = getattr(plan, "sky_xy", None)
+    if sky_xy is None or len(sky_xy) == 0:
+        return None
+    n_s, radii = len(sky_xy), list(plan.apertures.radii)
+    rows: dict[str, list] = {k: [] for k in ("frame", "aperture", "x_ref", "y_ref", "x", "y")}
+    rows["status"] = []
+    flux, err = [], []
+    for i, r in enumerate(results):
+        c = r.columns
+        has = r.status == "ok" and "skyap_flux" in c
+        rows["frame"] += [i] * n_s
+        rows["aperture"] += list(range(n_s))
+        rows["x_ref"] += list(sky_xy[:, 0])
+        rows["y_ref"] += list(sky_xy[:, 1])
+        rows["x"] += list(c["skyap_x"]) if has else [np.nan] * n_s
+        rows["y"] += list(c["skyap_y"]) if has else [np.nan] * n_s
+        rows["status"] += list(c["skyap_status"]) if has else [r.status] * n_s
+        flux.append(c["skyap_flux"] if has else np.full((n_s, len(radii)), np.nan))
+        err.append(c["skyap_bkg_err"] if has else np.full((n_s, len(radii)), np.nan))
+    t = Table(rows)
+    f, e = np.vstack(flux), np.vstack(err)
+    for k, rad in enumerate(radii):
+        t[f"flux_r{rad:g}"] = f[:, k] * u.electron
+        t[f"predicted_err_r{rad:g}"] = e[:, k] * u.electron
+    t.meta["description"] = (
+        "empty-sky apertures: sky-subtracted sums (true flux 0) and the CCD equation's "
+        "background error of each; their scatter against it is the background excess in run.json"
+    )
+    return t
 
 
 def write_products(
@@ -541,6 +581,9 @@ def write_products(
         _write_table(plain, out / f"lightcurve_{safe}.csv", "ascii.csv")
         curves[name] = t
     _write_table(ensemble_table(red, frames), out / "ensemble.ecsv", "ascii.ecsv")
+    sky = sky_apertures_table(plan, results)
+    if sky is not None:
+        _write_table(sky, out / "sky_apertures.ecsv", "ascii.ecsv")
     record = run_record(settings, frames, plan, results, red, notes)
     atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     pictures = plots.write_all(settings, frames, plan, results, red, notes, curves, out)

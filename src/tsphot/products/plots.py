@@ -310,7 +310,8 @@ def finder_chart(plan: Any, red: Any, notes: dict, path: Path) -> list[Path]:
 
 def noise_budget_plot(red: Any, plan: Any, path: Path) -> list[Path]:
     """Achieved against predicted scatter (mmag) of every star, against its magnitude, with the
-    noise model's terms (photon, background, scintillation, ensemble) drawn per star."""
+    noise model's terms (photon, background, background excess, scintillation, ensemble)
+    drawn per star."""
     budget = getattr(red, "budget", {}) or {}
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     k = 1085.7362  # mmag per unit of fractional flux
@@ -318,8 +319,11 @@ def noise_budget_plot(red: Any, plan: Any, path: Path) -> list[Path]:
     comps = [(n, b) for n, b in rows if b["role"] == "comp"]
     if comps:
         mags = np.array([b["mag"] for _, b in comps])
-        styles = {"photon": ":", "background": "--", "scintillation": "-.", "ensemble": (0, (1, 3))}
+        styles = {"photon": ":", "background": "--", "background_excess": (0, (5, 1, 1, 1)),
+                  "scintillation": "-.", "ensemble": (0, (1, 3))}  # fmt: skip
         for term, ls in styles.items():
+            if term not in comps[0][1]["terms"] or not any(b["terms"][term] for _, b in comps):
+                continue  # no background excess measured (or none significant)
             ax.plot(mags, [k * b["terms"][term] for _, b in comps], ls=ls, color="0.45", lw=1,
                     label=f"model: {term}")  # fmt: skip
         ax.plot(mags, [k * b["predicted"] for _, b in comps], color="0.2", lw=1.2,
