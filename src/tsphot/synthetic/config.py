@@ -29,6 +29,13 @@ class SimConfig:
     n_unstable_pixels: int = 0  # two-level (telegraph) pixels: +60-300 e- in a random half
     sky_zenith: float = 150.0  # e-/s/pixel at airmass 1; proportional to airmass; linear gradient
     sky_gradient: float = 0.1  # fractional change across the frame
+    # A spatially correlated background component (e- rms per pixel, 0: off) drawn anew in
+    # every science frame and absent from the calibration frames, so calibration leaves it:
+    # white noise smoothed by a Gaussian of sky_pattern_scale px (sigma). Its covariance is
+    # known exactly (truth.sky_pattern_covariance), so is the excess noise it adds to an
+    # aperture beyond the white-pixel CCD equation (truth.background_excess_var).
+    sky_pattern_rms: float = 0.0
+    sky_pattern_scale: float = 2.0
     flat_vignetting: float = 0.15  # fractional falloff to the corners
     flat_dust: int = 3  # dust donuts
     flat_pixel_rms: float = 0.01  # pixel-to-pixel response
@@ -126,6 +133,8 @@ class SimConfig:
                 "cloud_frame must be a frame index",
             ),
             (self.asteroid_period_h > 0, "asteroid_period_h must be positive"),
+            (self.sky_pattern_rms >= 0, "sky_pattern_rms must be >= 0"),
+            (self.sky_pattern_scale > 0, "sky_pattern_scale must be > 0"),
         ]
         for ok, msg in checks:
             if not ok:

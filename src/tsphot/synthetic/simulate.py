@@ -53,6 +53,7 @@ from .truth import (
     STARS_ECSV,
     TRUTH_JSON,
     Truth,
+    pattern_kernel,
     scintillation_sigma,
 )
 
@@ -60,7 +61,7 @@ __all__ = ["simulate_night"]
 
 LD_COEFFS = (0.4, 0.25)
 # Streams of the seed sequence (spawn keys).
-_FIELD, _INSTRUMENT, _WEATHER, _CALIB, _SCIENCE, _DEFECTS, _VARIABLES = range(7)
+_FIELD, _INSTRUMENT, _WEATHER, _CALIB, _SCIENCE, _DEFECTS, _VARIABLES, _PATTERN = range(8)
 
 
 def _configure_offline() -> None:
@@ -282,6 +283,17 @@ def _flat_field(cfg: SimConfig, rng: np.random.Generator) -> tuple[np.ndarray, l
     return flat, dust
 
 
+def sky_pattern(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """A stationary Gaussian random field of unit variance per pixel and Gaussian correlation:
+    white noise smoothed (periodically, so every pixel is alike) by pattern_kernel(scale)."""
+    from scipy.ndimage import correlate1d
+
+    k = pattern_kernel(scale)
+    field = rng.standard_normal(shape)
+    field = correlate1d(field, k, axis=0, mode="wrap")
+    return correlate1d(field, k, axis=1, mode="wrap")
+
+
 def _bias_columns(cfg: SimConfig, rng: np.random.Generator) -> np.ndarray:
     nx = cfg.size[0]
     x = np.arange(nx)
@@ -483,6 +495,10 @@ def _science_frame(
     model = np.zeros((ny, nx))
     _add_stars(model, ctx.xk[k], ctx.yk[k], flux_e, float(ctx.fwhm[k]), cfg.moffat_beta)
     model += (cfg.sky_zenith * cfg.exptime * ctx.airmass[k]) * ctx.sky_plane
+    if cfg.sky_pattern_rms > 0:  # its own stream: switching it on changes no other draw
+        prng = _rng(ctx.noise_entropy, _PATTERN, ctx.noise_stream, k)
+        pattern = sky_pattern(prng, (ny, nx), cfg.sky_pattern_scale)
+        np.clip(model + cfg.sky_pattern_rms * pattern, 0.0, None, out=model)
     model *= ctx.flat
     model += ctx.dark_e
     # noiseless peak (ADU, with bias) near each star, for the saturation flag
@@ -985,6 +1001,13 @@ def simulate_night(
             "exptime": cfg.flat_exptime,
         },
         "bias": {"level_adu": cfg.bias_level, "column_rms_adu": cfg.bias_column_amp},
+        "sky_pattern": {
+            "rms_e": cfg.sky_pattern_rms,
+            "scale_px": cfg.sky_pattern_scale,
+            "model": "added to the sky (before the flat) in every science frame, drawn anew: "
+            "unit white noise smoothed by a Gaussian of sigma scale_px (normalised to unit "
+            "variance per pixel) times rms_e",
+        },
         "hot_pixels": {
             "x": (hot_idx % nx).tolist(),
             "y": (hot_idx // nx).tolist(),

@@ -16,6 +16,7 @@ from .psf import enclosed_fraction
 
 __all__ = [
     "Truth",
+    "background_excess_var",
     "expected_star_sigma",
     "expected_star_terms",
     "load_truth",
@@ -180,3 +181,82 @@ def expected_star_terms(
 def expected_star_sigma(truth: Truth, star: int, radius: float, n_sky_pix: float) -> np.ndarray:
     """Per-frame predicted 1-sigma noise (electrons) of one star's aperture flux at radius r."""
     return expected_star_terms(truth, star, radius, n_sky_pix)["total"]
+
+
+def pattern_kernel(scale: float) -> np.ndarray:
+    """1-D Gaussian kernel (sigma = scale px, ±4 sigma) normalised so that the separable 2-D
+    smoothing of unit white noise has unit variance per pixel (the simulator's sky pattern)."""
+    h = max(int(np.ceil(4.0 * scale)), 1)
+    g = np.exp(-0.5 * (np.arange(-h, h + 1) / scale) ** 2)
+    return g / np.sqrt(np.sum(g**2))
+
+
+def background_excess_var(
+    truth: Truth,
+    radius: float,
+    annulus: tuple[float, float],
+    n_offsets: int = 4,
+    supersample: int = 8,
+) -> float:
+    """The variance (e²) the sky pattern adds to an empty aperture's sky-subtracted sum beyond
+    what the white-pixel CCD equation predicts for it: the background excess to expect.
+
+    Computed from the pattern's exact covariance (``rms² a(dx) a(dy)``, a the kernel's
+    autocorrelation) and the white per-pixel variance W (sky + dark + read noise², the night's
+    mean at the frame centre). The sum covers the circle with each pixel weighted by its
+    covered fraction (``supersample``² points per pixel); the sky is the median of the annulus
+    pixels whose centres lie within [r_in, r_out], its variance by the asymptotic formula for
+    correlated Gaussian values, σ² Σ_ij arcsin(ρ_ij) / n². Achieved: Var(sum) + A² Var(median)
+    − 2 A Cov(sum, median); predicted as the pipeline does: A σ̂² (1 + A π / (2 n)) with σ̂²
+    the expected sample variance of the annulus pixels and A = π r². Averaged over
+    ``n_offsets``² sub-pixel centre positions.
+    """
+    cfg = truth.config
+    rms = float(cfg.sky_pattern_rms)
+    exp = truth.exposures
+    white = float(
+        np.mean(np.asarray(exp["sky_e_per_pix_centre"], float))
+        + cfg.dark_current * cfg.exptime
+        + cfg.read_noise**2
+    )
+    k = pattern_kernel(cfg.sky_pattern_scale)
+    acf = np.correlate(k, k, mode="full")  # lags -(len-1) .. len-1
+    lag0 = len(k) - 1
+    r_in, r_out = annulus
+    half = int(np.ceil(r_out)) + 1
+    off = np.arange(-half, half + 1)
+    gy, gx = np.meshgrid(off, off, indexing="ij")
+    sub = (np.arange(supersample) + 0.5) / supersample - 0.5
+    area = np.pi * radius**2
+
+    def cov(ax: np.ndarray, ay: np.ndarray, bx: np.ndarray, by: np.ndarray) -> np.ndarray:
+        dx = np.abs(ax[:, None] - bx[None, :])
+        dy = np.abs(ay[:, None] - by[None, :])
+        far = (dx > lag0) | (dy > lag0)
+        c = acf[lag0 + np.clip(dx, 0, lag0)] * acf[lag0 + np.clip(dy, 0, lag0)]
+        return np.where(far, 0.0, rms * rms * c)
+
+    excess = []
+    for ox in (np.arange(n_offsets) + 0.5) / n_offsets - 0.5:
+        for oy in (np.arange(n_offsets) + 0.5) / n_offsets - 0.5:
+            # covered fraction of each pixel by the circle centred at (ox, oy)
+            px = gx[..., None, None] + sub[None, None, None, :] - ox
+            py = gy[..., None, None] + sub[None, None, :, None] - oy
+            w = ((px**2 + py**2) <= radius**2).mean(axis=(2, 3)).ravel()
+            d2 = ((gx - ox) ** 2 + (gy - oy) ** 2).ravel()
+            ring = (d2 >= r_in**2) & (d2 <= r_out**2)
+            ap = w > 0
+            ax, ay, wa = gx.ravel()[ap], gy.ravel()[ap], w[ap]
+            rx, ry = gx.ravel()[ring], gy.ravel()[ring]
+            n = int(ring.sum())
+            var_sum = wa @ cov(ax, ay, ax, ay) @ wa + white * np.sum(wa**2)
+            c_ring = cov(rx, ry, rx, ry)
+            total = rms * rms + white
+            rho = np.clip((c_ring + white * np.eye(n)) / total, -1.0, 1.0)
+            var_med = total * np.sum(np.arcsin(rho)) / n**2
+            cov_sm = float(np.sum(wa @ cov(ax, ay, rx, ry))) / n
+            achieved = var_sum + area**2 * var_med - 2.0 * area * cov_sm
+            s2 = total - (np.sum(c_ring) + white * n) / n**2
+            predicted = area * s2 * (1.0 + area * np.pi / (2.0 * n))
+            excess.append(achieved - predicted)
+    return float(np.mean(excess))
