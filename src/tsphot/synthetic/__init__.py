@@ -5,7 +5,8 @@
 truth: ``truth.json``, ``truth_stars.ecsv`` (per star), ``truth_frames.ecsv`` (per frame x
 star), ``truth_exposures.ecsv`` (per frame), ``truth_cosmics.ecsv`` (per cosmic-ray pixel) and
 ``truth_maps.fits`` (true flat, dark rate, bias columns). ``load_truth`` reads them back;
-``expected_star_sigma`` / ``expected_star_terms`` give the predicted aperture-flux noise.
+``expected_star_sigma`` / ``expected_star_terms`` give the predicted aperture-flux noise;
+``background_excess_var`` the noise an injected sky pattern adds beyond it.
 """
 
 from .config import SimConfig
@@ -13,6 +14,7 @@ from .psf import enclosed_fraction, moffat_alpha
 from .simulate import simulate_night
 from .truth import (
     Truth,
+    background_excess_var,
     expected_star_sigma,
     expected_star_terms,
     load_truth,
@@ -22,6 +24,7 @@ from .truth import (
 __all__ = [
     "SimConfig",
     "Truth",
+    "background_excess_var",
     "enclosed_fraction",
     "expected_star_sigma",
     "expected_star_terms",
