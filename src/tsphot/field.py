@@ -66,6 +66,9 @@ class FieldResult:
     ra: np.ndarray | None = None
     dec: np.ndarray | None = None
     flags: list[str] = field(default_factory=list)  # per star: comma-separated reasons
+    # the model line without the background excess (the CCD equation's white background
+    # alone), when an excess was measured and applied; None otherwise
+    model_rms_no_excess: np.ndarray | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -631,6 +634,11 @@ def reduce_field(settings: Any, plan: Any, results: list, red: Any, notes: dict)
         names, roles, x, y, mag_all, dm, de, ok, status, exptime,
         settings.field_false_alarm, settings.outlier_sigma, blended,
     )  # fmt: skip
+    excess = float(getattr(red, "excess_var", 0.0))
+    if excess > 0 and res.model_mag.size:
+        f_grid = 10 ** (-0.4 * (res.model_mag - MAG_ZERO_POINT)) * exptime
+        ex = (noise.MAG_PER_FRAC * np.sqrt(excess) / f_grid) ** 2
+        res.model_rms_no_excess = np.sqrt(np.clip(res.model_rms**2 - ex, 0, None))
     header = notes.get("reference_header")
     wcs = ingest.quiet_wcs(header) if header is not None else None
     if wcs is not None:
@@ -658,6 +666,7 @@ def reduce_field(settings: Any, plan: Any, results: list, red: Any, notes: dict)
         "n_candidates": int(res.candidate.sum()),
         "candidates": [names[j] for j in np.flatnonzero(res.candidate)],
         "radius_px": float(red.radius),
+        "background_excess_var_e2": excess,
         "method": "chi-square of a constant (errors scaled by the field's running-median excess) "
         "or von Neumann ratio, each at half the false-alarm rate; blended stars are not candidates",
     }

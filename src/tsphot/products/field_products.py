@@ -106,7 +106,18 @@ def rms_mag_plot(fr: FieldResult, path: Path) -> None:
         ax.annotate(fr.names[j], (mag[j], rms[j]), fontsize=7, xytext=(4, 3), color="C3",
                     textcoords="offset points")  # fmt: skip
     if fr.model_mag.size:
-        ax.semilogy(fr.model_mag, fr.model_rms, "-", color="k", lw=1.2, label="noise model")
+        with_excess = fr.model_rms_no_excess is not None
+        ax.semilogy(
+            fr.model_mag,
+            fr.model_rms,
+            "-",
+            color="k",
+            lw=1.2,
+            label="noise model" + (" (with the background excess)" if with_excess else ""),
+        )
+        if with_excess:
+            ax.semilogy(fr.model_mag, fr.model_rms_no_excess, "--", color="0.3", lw=1,
+                        label="without it (the CCD equation's white background)")  # fmt: skip
     ax.set_xlabel("instrumental magnitude (-2.5 log10 e-/s + 25)")
     ax.set_ylabel("rms of differential magnitude (mag)")
     ax.set_title(
