@@ -81,7 +81,17 @@ def test_leave_one_out_curves_exported(run):
 def test_noise_budget_per_star(run):
     _, _, record = run
     b = record["noise_budget"]["T1"]
-    assert set(b["terms"]) == {"photon", "background", "scintillation", "ensemble", "total"}
+    assert set(b["terms"]) == {
+        "photon",
+        "background",
+        "background_excess",
+        "scintillation",
+        "ensemble",
+        "total",
+    }
+    # a simulated sky is white: the empty-sky apertures find no significant excess
+    assert b["terms"]["background_excess"] == 0.0
+    assert not record["background_excess"]["applied"]
     total = np.sqrt(sum(v**2 for k, v in b["terms"].items() if k != "total"))
     assert b["terms"]["total"] == pytest.approx(total, rel=0.05)
     assert 0.7 < b["ratio"] < 1.4
