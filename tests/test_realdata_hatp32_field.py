@@ -6,8 +6,7 @@ frame), measured in at least 100 of the 142 frames. The noise model's variance i
 the RMS–magnitude plot's line (field.noise_model_line): a/F (photon, with scintillation and the
 ensemble in the constant), b/F² (background) in the flux F; a star is photon-limited when
 a/F > b/F² by the CCD equation's own terms, i.e. before the background excess measured on the
-empty-sky apertures is added (with it, the background term of this night is ~4x larger and
-hardly a constant star is photon-limited any more); the ratios are against the whole model.
+empty-sky apertures is added; the ratios are against the whole model.
 """
 
 import itertools
@@ -90,19 +89,25 @@ def test_background_excess_measured_on_the_real_night(hat_field):
     assert _excess(record) == est["excess_var_e2"] > 0
 
 
-def test_rms_of_photon_limited_constant_stars_follows_the_noise_model(hat_field):
+def test_rms_of_the_brightest_constant_stars_follows_the_noise_model(hat_field):
+    """The brightest quarter of the constant stars, where the photon term's share is largest.
+
+    (At the gain the stars now give, ~27 e-/ADU once the background excess is in the model,
+    the CCD equation calls hardly any constant star of this small telescope photon-limited:
+    the 8.9 e-/ADU estimated without the excess had put the missing background variance into
+    the photon term, which made the brighter half "photon-limited".)
+    """
     _, f, record = hat_field
     bins, n = _constant_bins(f, 60.0, _excess(record))
     assert n >= 150, n
-    bright = [b for b in bins if b[0]]
-    assert bright, bins
-    for _, ratio, _, _ in bright:
-        assert abs(ratio - 1.0) <= TOLERANCE, bins
+    assert abs(bins[0][1] - 1.0) <= TOLERANCE, bins
 
 
 def test_rms_of_background_limited_constant_stars_follows_the_noise_model(hat_field):
-    """Without the background excess these bins scattered 1.3-1.7x the prediction (the
-    frames are uncalibrated and drift 270 px over a chip whose background is correlated)."""
+    """Without the background excess these bins scattered 1.4-1.5x the prediction: each
+    frame's noise is correlated between neighbouring pixels (sums over 8x8 px of the
+    difference of two consecutive frames vary ~4x as much as their pixels' own variance says),
+    so the annulus' per-pixel scatter underestimates an aperture's background noise."""
     _, f, record = hat_field
     bins, _ = _constant_bins(f, 60.0, _excess(record))
     faint = [b for b in bins if not b[0]]
