@@ -77,9 +77,10 @@ def test_errors_from_the_noise_model_match_the_scatter(hat_run):
     reason="open question for the lead: with the background excess in the model (empty "
     "apertures scatter 2x their CCD-equation error) the comparison stars give 26.6 +- 8.6 "
     "e-/ADU, outside this prior; the 8 e-/ADU found without it put the missing background "
-    "variance into the photon term. The sky's own photon transfer (8x8 px sums of consecutive "
-    "frames' differences: ~4 ADU² per pixel at ~110 ADU above the 243 ADU floor) also points "
-    "to >~25 e-/ADU, unless the camera's full well is not what this prior assumes.",
+    "variance into the photon term. A rough photon transfer of the sky itself (MAD of 8x8 px "
+    "sums of ten consecutive-frame differences, sky ~110 ADU above the frames' 243 ADU floor) "
+    "gives 14-62 e-/ADU (median 30) as a lower bound: the camera's gain may not be what this "
+    "prior assumes.",
 )
 def test_gain_estimate_within_the_prior_of_the_camera(hat_run):
     _, _, record = hat_run
