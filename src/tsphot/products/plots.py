@@ -319,13 +319,16 @@ def noise_budget_plot(red: Any, plan: Any, path: Path) -> list[Path]:
     comps = [(n, b) for n, b in rows if b["role"] == "comp"]
     if comps:
         mags = np.array([b["mag"] for _, b in comps])
-        styles = {"photon": ":", "background": "--", "background_excess": (0, (5, 1, 1, 1)),
+        styles = {"photon": ":", "background": "--", "background_excess": "-",
                   "scintillation": "-.", "ensemble": (0, (1, 3))}  # fmt: skip
         for term, ls in styles.items():
             if term not in comps[0][1]["terms"] or not any(b["terms"][term] for _, b in comps):
                 continue  # no background excess measured (or none significant)
-            ax.plot(mags, [k * b["terms"][term] for _, b in comps], ls=ls, color="0.45", lw=1,
-                    label=f"model: {term}")  # fmt: skip
+            excess = term == "background_excess"
+            ax.plot(mags, [k * b["terms"][term] for _, b in comps], ls=ls,
+                    color="C1" if excess else "0.45", lw=1,
+                    label="model: background excess (empty-sky apertures)" if excess
+                    else f"model: {term}")  # fmt: skip
         ax.plot(mags, [k * b["predicted"] for _, b in comps], color="0.2", lw=1.2,
                 label="model: total")  # fmt: skip
         used = np.array([bool(b["used_in_ensemble"]) for _, b in comps])
