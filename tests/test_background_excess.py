@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+from astropy.table import Table
 
 from tsphot import demo, noise, pipeline, synthetic
 
@@ -82,3 +83,65 @@ def test_measured_excess_matches_the_injected_one(night):
     # the term is on every star's budget
     for b in record["noise_budget"].values():
         assert (b["terms"]["background_excess"] > 0) == (kind == "pattern"), (chosen, b)
+
+
+def test_sky_apertures_lie_on_empty_sky_and_are_kept_apart(small_night, small_run):
+    """Every empty-sky aperture is clear of the simulated stars the reference shows (their
+    light in the aperture, from the true positions and fluxes, below 5 sigma of the
+    aperture's background noise, whether the stars are detected or not), its
+    series is stored, and it is no object of the run (no light curve, no comparison)."""
+    _, truth = small_night
+    out, _ = small_run
+    record = json.loads((out / "run.json").read_text())
+    sky = Table.read(out / "sky_apertures.ecsv")
+    first = sky[sky["frame"] == 0]
+    n = record["background_excess"]["apertures"]["placed"]
+    assert n == len(first) > 10
+    assert len(sky) == n * truth.n_frames
+    r_ap = max(record["apertures"]["radii_px"])
+    cfg = truth.config
+    f0 = truth.frames[truth.frames["frame"] == 0]  # the reference frame: the first
+    sx, sy = np.asarray(f0["x"], float), np.asarray(f0["y"], float)
+    flux = np.asarray(f0["flux_e"], float)
+    alpha = synthetic.moffat_alpha(float(f0["fwhm"][0]), cfg.moffat_beta)
+    beta = cfg.moffat_beta
+    # points spread over the aperture: each true star's light inside it, by its Moffat profile
+    g = np.arange(-r_ap, r_ap + 0.01, 0.25)
+    gx, gy = np.meshgrid(g, g)
+    inside = gx**2 + gy**2 <= r_ap**2
+    gx, gy = gx[inside], gy[inside]
+    norm = (beta - 1) / (np.pi * alpha**2) * 0.25**2
+    rad = f"{r_ap:g}"
+    for x, y, sig in zip(first["x_ref"], first["y_ref"], first[f"predicted_err_r{rad}"],
+                           strict=True):  # fmt: skip
+        near = np.hypot(sx - x, sy - y) < r_ap + 10 * float(f0["fwhm"][0])
+        r2 = (x + gx[None, :] - sx[near, None]) ** 2 + (y + gy[None, :] - sy[near, None]) ** 2
+        light = flux[near] * norm * np.sum((1 + r2 / alpha**2) ** -beta, axis=1)
+        # no star the reference frame shows clearly, detected or not: its light in the
+        # aperture below 5 sigma of the aperture's background noise on that frame, the run's
+        # detection limit (a fainter star is constant: only the seeing's few-% change of its
+        # enclosed light reaches the series, a small part of one aperture's variance)
+        assert light.sum() < 5 * float(sig), (x, y, light.max(), sig)
+
+    # no object of the run (target, comparison, check) sits on an empty-sky aperture
+    res = Table.read(out / "results.ecsv")
+    res0 = res[res["frame"] == 0]
+    d = np.hypot(
+        np.asarray(res0["x"], float)[:, None] - np.asarray(first["x_ref"], float)[None, :],
+        np.asarray(res0["y"], float)[:, None] - np.asarray(first["y_ref"], float)[None, :],
+    )
+    assert d.min() > 2 * r_ap, d.min()
+    assert len(set(res0["object"])) == len(res0)
+
+
+def test_sky_apertures_off(small_night, tmp_path):
+    base, truth = small_night
+    settings = demo.settings_for(
+        base / "night", tmp_path / "run", truth, quiet=True, executor="serial", sky_apertures=0
+    )
+    pipeline.run(settings)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["background_excess"]["applied"] is False
+    assert record["background_excess"]["series"] is None
+    assert not (tmp_path / "run" / "sky_apertures.ecsv").exists()
+    assert all(b["terms"]["background_excess"] == 0 for b in record["noise_budget"].values())
