@@ -92,7 +92,7 @@ def test_background_excess_measured_on_the_real_night(hat_field):
 def test_rms_of_the_brightest_constant_stars_follows_the_noise_model(hat_field):
     """The brightest quarter of the constant stars, where the photon term's share is largest.
 
-    (At the gain the stars now give, ~27 e-/ADU once the background excess is in the model,
+    (At the gain the stars now give, ~30 e-/ADU once the background excess is in the model,
     the CCD equation calls hardly any constant star of this small telescope photon-limited:
     the 8.9 e-/ADU estimated without the excess had put the missing background variance into
     the photon term, which made the brighter half "photon-limited".)
