@@ -913,7 +913,8 @@ def plan_run(
             "selection": "random (seeded) on a grid of non-overlapping apertures on the "
             f"reference frame, clear of the wings of every source detected at "
             f"{SKY_DETECT_SIGMA:g} sigma, the planned objects, "
-            "bad and NaN pixels, with an aperture sum within 2 sigma of zero; measured in every "
+            "bad and NaN pixels, with an aperture sum within 2 sigma of zero and no pixel 5 "
+            "sigma above the sky; measured in every "
             "frame like the stars (same transform, apertures, annulus sky) without recentring",
         }
         if len(sky_xy) < n_sky:
