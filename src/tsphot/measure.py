@@ -9,8 +9,6 @@ import numpy as np
 import sep
 from scipy.ndimage import (
     binary_dilation,
-    map_coordinates,
-    maximum_filter,
     median_filter,
     uniform_filter,
 )
@@ -119,17 +117,14 @@ def recentre(
     off = np.arange(-pad, pad + 1, dtype=float)
     # Background and noise from the box's border ring: a median is robust to a neighbour there.
     ring = np.concatenate([cut[:, 0, :], cut[:, -1, :], cut[:, 1:-1, 0], cut[:, 1:-1, -1]], axis=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # stars off the frame: all-NaN rings
-        bg = np.nanmedian(ring, axis=1)
-        noise = 1.4826 * np.nanmedian(np.abs(ring - bg[:, None]), axis=1) + 1e-6
+    bg = row_nanmedian(ring)  # NaN for stars off the frame (all-NaN rings)
+    with np.errstate(invalid="ignore"):
+        noise = 1.4826 * row_nanmedian(np.abs(ring - bg[:, None])) + 1e-6
     sub = cut - bg[:, None, None]
     fill = np.where(np.isfinite(sub), sub, 0.0)
     # Peaks of the 3x3-smoothed image above 3 sigma of the smoothed noise (noise / 3).
     smooth = uniform_filter(fill, size=(1, 3, 3), mode="constant")
-    peaks = (smooth == maximum_filter(smooth, size=(1, 3, 3), mode="constant")) & (
-        smooth > noise[:, None, None]
-    )
+    peaks = (smooth == _max3x3(smooth)) & (smooth > noise[:, None, None])
     px = off[None, None, :] + (ix - x0)[:, None, None]  # offsets from the prediction
     py = off[None, :, None] + (iy - y0)[:, None, None]
     in_box = (np.abs(px) <= half) & (np.abs(py) <= half)
@@ -140,8 +135,13 @@ def recentre(
     # Star centre in cutout coordinates (pixel index), refined by the chosen method.
     cx, cy = jx.astype(float), jy.astype(float)
     gy, gx = np.mgrid[0 : 2 * pad + 1, 0 : 2 * pad + 1].astype(float)
-    for i in np.flatnonzero(found & (peaks.reshape(n, -1).sum(axis=1) > 1)):
-        fill[i] = _isolate(fill[i], peaks[i], jx[i], jy[i], gx, gy)
+    deb = np.flatnonzero(found & (peaks.reshape(n, -1).sum(axis=1) > 1))
+    if len(deb):
+        # Only pixels this far from the peak are read below: the centroid windows (1.5 FWHM,
+        # or 4 sigma for "windowed", a square box for "gauss") around a centre that may follow
+        # the light up to the largest allowed shift.
+        reach = 1.5 * max(rw, 4.0 * fw / 2.3548) + 3.0
+        fill[deb] = _isolate(fill[deb], peaks[deb], jx[deb], jy[deb], reach)
     if method == "windowed":
         sig2 = (fw / 2.3548) ** 2
         for _ in range(10):
@@ -201,38 +201,89 @@ def _window_snr(
 
 
 def _isolate(
-    img: np.ndarray, peaks: np.ndarray, jx: int, jy: int, gx: np.ndarray, gy: np.ndarray
+    img: np.ndarray, peaks: np.ndarray, jx: np.ndarray, jy: np.ndarray, reach: float
 ) -> np.ndarray:
-    """The cutout with every other star's light removed around the star peaking at (jx, jy).
+    """The cutouts with every other star's light removed around the star peaking at (jx, jy).
 
     A neighbour's light is estimated by symmetry (as the SDSS deblender does): its
     light at a pixel equals its light at the mirror pixel through its centre, which lies on the
     far side, away from our star. Pixels nearer another peak than ours are then set to zero.
+    Only pixels within `reach` px of each star's peak are kept (others are set to zero), so
+    all stars and all their neighbours are done in one interpolation.
     """
-    oy, ox = np.nonzero(peaks)
-    other = (oy != jy) | (ox != jx)
-    oy, ox = oy[other], ox[other]
-    out = img.copy()
-    size = img.shape[0]
-    for qy, qx in zip(oy.tolist(), ox.tolist(), strict=True):
-        # sub-pixel centre of the neighbour from a parabola through its peak row and column
-        cxq, cyq = float(qx), float(qy)
-        if 0 < qx < size - 1:
-            a, b, c = img[qy, qx - 1], img[qy, qx], img[qy, qx + 1]
-            den = a - 2 * b + c
-            cxq += 0.5 * (a - c) / den if den < 0 else 0.0
-        if 0 < qy < size - 1:
-            a, b, c = img[qy - 1, qx], img[qy, qx], img[qy + 1, qx]
-            den = a - 2 * b + c
-            cyq += 0.5 * (a - c) / den if den < 0 else 0.0
-        mirror = map_coordinates(
-            img, [2 * cyq - gy, 2 * cxq - gx], order=1, mode="constant", cval=0.0
-        )
-        out -= np.clip(np.minimum(mirror, img), 0, None)
-    d_own = (gx - jx) ** 2 + (gy - jy) ** 2
-    d_oth = np.min((gx[None] - ox[:, None, None]) ** 2 + (gy[None] - oy[:, None, None]) ** 2, 0)
-    out[d_oth < d_own] = 0.0
+    m, size = img.shape[0], img.shape[1]
+    k, qy, qx = np.nonzero(peaks)
+    other = (qy != jy[k]) | (qx != jx[k])
+    k, qy, qx = k[other], qy[other], qx[other]
+    # sub-pixel centre of each neighbour from a parabola through its peak row and column
+    cxq, cyq = qx.astype(float), qy.astype(float)
+    for centre, along, (lo, hi) in (
+        (cxq, qx, ((k, qy, qx - 1), (k, qy, qx + 1))),
+        (cyq, qy, ((k, qy - 1, qx), (k, qy + 1, qx))),
+    ):
+        inner = (along > 0) & (along < size - 1)
+        a = img[lo[0], lo[1].clip(0, size - 1), lo[2].clip(0, size - 1)]
+        c = img[hi[0], hi[1].clip(0, size - 1), hi[2].clip(0, size - 1)]
+        b = img[k, qy, qx]
+        den = a - 2 * b + c
+        with np.errstate(invalid="ignore", divide="ignore"):
+            step = np.where(inner & (den < 0), 0.5 * (a - c) / np.where(den < 0, den, -1.0), 0.0)
+        centre += step
+    # the pixels of each star's disc (offsets from its peak), inside the cutout
+    r = int(np.ceil(reach))
+    oy, ox = np.mgrid[-r : r + 1, -r : r + 1]
+    disc = oy**2 + ox**2 <= reach * reach
+    oy, ox = oy[disc], ox[disc]
+    py = jy[:, None] + oy[None, :]  # (m, P)
+    px = jx[:, None] + ox[None, :]
+    valid = (py >= 0) & (py < size) & (px >= 0) & (px < size)
+    py, px = py.clip(0, size - 1), px.clip(0, size - 1)
+    own = img[np.arange(m)[:, None], py, px]  # (m, P)
+    # mirror of every disc pixel through every neighbour of the same star
+    my = 2 * cyq[:, None] - py[k]  # (N, P)
+    mx = 2 * cxq[:, None] - px[k]
+    mirror = _bilinear(img, k, my, mx)
+    light = np.clip(np.minimum(mirror, own[k]), 0, None)
+    removed = np.zeros_like(own)
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])  # k is sorted (np.nonzero's order)
+    removed[k[starts]] = np.add.reduceat(light, starts, axis=0)
+    kept = own - removed
+    # Voronoi: disc pixels nearer another peak than ours carry no light of our star
+    d_own = oy**2 + ox**2
+    nearest = np.full(own.shape, np.inf)
+    for kk in np.unique(k):
+        sel = k == kk
+        d = (py[kk][None] - qy[sel][:, None]) ** 2 + (px[kk][None] - qx[sel][:, None]) ** 2
+        nearest[kk] = d.min(axis=0)
+    kept[(nearest < d_own[None, :]) | ~valid] = 0.0
+    out = np.zeros_like(img)
+    rows = np.broadcast_to(np.arange(m)[:, None], py.shape)
+    out[rows[valid], py[valid], px[valid]] = kept[valid]
     return out
+
+
+def _bilinear(img: np.ndarray, k: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Linear interpolation of the stack img at (k, y, x) with k an index per row of y and x;
+    0 beyond the edges (scipy's map_coordinates, order 1, mode "constant", without its cost)."""
+    size_y, size_x = img.shape[1:]
+    inside = (y >= 0) & (y <= size_y - 1) & (x >= 0) & (x <= size_x - 1)
+    y0 = np.clip(np.floor(y), 0, max(size_y - 2, 0)).astype(int)
+    x0 = np.clip(np.floor(x), 0, max(size_x - 2, 0)).astype(int)
+    fy, fx = y - y0, x - x0
+    kk = k[:, None] if y.ndim == 2 else k
+    y1, x1 = np.minimum(y0 + 1, size_y - 1), np.minimum(x0 + 1, size_x - 1)
+    val = (img[kk, y0, x0] * (1 - fx) + img[kk, y0, x1] * fx) * (1 - fy) + (
+        img[kk, y1, x0] * (1 - fx) + img[kk, y1, x1] * fx
+    ) * fy
+    return np.where(inside, val, 0.0)
+
+
+def _max3x3(img: np.ndarray) -> np.ndarray:
+    """3×3 maximum filter of each image of a stack, 0 beyond the edges (as scipy's
+    maximum_filter, size (1, 3, 3), mode "constant")."""
+    pad = np.pad(img, ((0, 0), (1, 1), (1, 1)))
+    rows = np.maximum(np.maximum(pad[:, :-2], pad[:, 1:-1]), pad[:, 2:])
+    return np.maximum(np.maximum(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
 
 
 def _gauss_centres(

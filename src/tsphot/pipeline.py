@@ -207,24 +207,8 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
             calibrate.write_calibrated(
                 Path(plan.save_calibrated) / name, data, header, steps, info.sections
             )
-        # Registration needs only the bright stars: a high threshold keeps detection cheap;
-        # thin or cloudy frames fall back to the user's threshold.
-        src = detect.find_sources(
-            data,
-            max(plan.detect_sigma, REGISTER_SIGMA),
-            saturation=plan.saturation,
-            max_sources=150,
-        )
-        if len(src) < 10:
-            src = detect.find_sources(
-                data, plan.detect_sigma, saturation=plan.saturation, max_sources=150
-            )
+        src, tr = _register(data, plan, info.path)
         res.fwhm, res.sky_level, res.n_sources = src.fwhm, src.background, len(src)
-        frm_xy = np.column_stack([src.x, src.y])
-        try:
-            tr = register.match_stars(plan.ref_xy, frm_xy)
-        except FrameError as exc:
-            raise FrameError(f"{info.path}: {exc} — {len(src)} sources detected") from None
         res.transform = tr
         x, y = tr(*object_positions(plan, info.jd_utc_mid))
         moving = np.array([o.rate is not None for o in plan.objects])
@@ -299,6 +283,34 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
     except Exception as exc:  # one bad exposure never ends a run
         res.status, res.reason = "failed", f"{info.path}: {type(exc).__name__}: {exc}"
     return res
+
+
+def _register(data: np.ndarray, plan: Plan, path: str) -> tuple[detect.Sources, register.Transform]:
+    """The frame's bright stars (with its FWHM and sky) and its transform from the reference.
+
+    First from the bright stars found on a block-binned copy of the frame (cheap); when they
+    are too few or do not match the reference, from a full detection, as a frame of another
+    pointing, a thin cloud or an odd PSF may need.
+    """
+    sigma = max(plan.detect_sigma, REGISTER_SIGMA)
+    src = detect.bright_sources(data, sigma, saturation=plan.saturation, max_sources=150)
+    if len(src) >= 10:
+        try:
+            return src, register.match_stars(plan.ref_xy, np.column_stack([src.x, src.y]))
+        except FrameError:
+            pass
+    # Registration needs only the bright stars: a high threshold keeps detection cheap;
+    # thin or cloudy frames fall back to the user's threshold.
+    src = detect.find_sources(data, sigma, saturation=plan.saturation, max_sources=150)
+    if len(src) < 10:
+        src = detect.find_sources(
+            data, plan.detect_sigma, saturation=plan.saturation, max_sources=150
+        )
+    try:
+        tr = register.match_stars(plan.ref_xy, np.column_stack([src.x, src.y]))
+    except FrameError as exc:
+        raise FrameError(f"{path}: {exc} — {len(src)} sources detected") from None
+    return src, tr
 
 
 def _region(bad: np.ndarray) -> str:
