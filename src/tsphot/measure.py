@@ -376,10 +376,19 @@ def annulus_stats(
     ny, nx = data.shape
     ix = np.clip(np.round(np.nan_to_num(x)).astype(int), -1, nx)
     iy = np.clip(np.round(np.nan_to_num(y)).astype(int), -1, ny)
-    cut = _cutouts(data, ix, iy, half)
-    off = np.arange(-half, half + 1, dtype=float)
-    ddx = (ix - x)[:, None, None] + off[None, None, :]
-    ddy = (iy - y)[:, None, None] + off[None, :, None]
+    # Only the box's pixels that can fall in a ring: within the largest distance of a star from
+    # its pixel (0.71 px, more for stars off the frame) of the ring around that pixel
+    oy, ox = np.mgrid[-half : half + 1, -half : half + 1]
+    rr = np.hypot(oy, ox)
+    with np.errstate(invalid="ignore"):
+        d = np.nanmax(np.r_[np.hypot(ix - x, iy - y), 0.75]) + 1e-6
+    near_ring = (rr >= r_in - d) & (rr <= r_out + d)
+    oy, ox = oy[near_ring], ox[near_ring]
+    gy, gx = iy[:, None] + oy[None, :], ix[:, None] + ox[None, :]
+    cut = data[np.clip(gy, 0, ny - 1), np.clip(gx, 0, nx - 1)].astype(np.float64)
+    cut[(gy < 0) | (gy >= ny) | (gx < 0) | (gx >= nx)] = np.nan
+    ddx = (ix - x)[:, None] + ox[None, :]
+    ddy = (iy - y)[:, None] + oy[None, :]
     r2 = ddx**2 + ddy**2
     ring = (r2 >= r_in**2) & (r2 <= r_out**2)
     masked = np.zeros(n, int)
@@ -400,36 +409,65 @@ def annulus_stats(
             if len(m) == 0:
                 continue
             # positions of the cutout pixels relative to each masking star
-            gx = ix[i] + off[None, None, :] - m[:, 0, None, None]
-            gy = iy[i] + off[None, :, None] - m[:, 1, None, None]
-            hit = ((gx**2 + gy**2) <= rm[:, None, None] ** 2).any(axis=0)
+            dx = gx[i][None, :] - m[:, 0, None]
+            dy = gy[i][None, :] - m[:, 1, None]
+            hit = ((dx**2 + dy**2) <= rm[:, None] ** 2).any(axis=0)
             masked[i] = int((hit & ring[i]).sum())
             ring[i] &= ~hit
-    vals = np.where(ring, cut, np.nan).reshape(n, -1)
-    base = vals
-    keep = np.isfinite(base)
-    for _ in range(5):
-        v = np.where(keep, base, np.nan)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: stars off the frame
-            med = row_nanmedian(v)
-            std = np.nanstd(v, axis=1)
-            new = np.isfinite(base) & (np.abs(base - med[:, None]) <= 3.0 * std[:, None])
-        if np.array_equal(new, keep):
-            break
-        keep = new
-    v = np.where(keep, base, np.nan)
-    count = keep.sum(axis=1)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        med = row_nanmedian(v)
-        mean = np.nanmean(v, axis=1)
-        std = np.nanstd(v, axis=1) / _CLIP3_STD_FACTOR
+    vals = np.where(ring, cut, np.nan)
+    med, mean, std, count = clipped_stats(vals)
+    std = std / _CLIP3_STD_FACTOR
     mode = 3.0 * med - 2.0 * mean
     few = count < 10
     for arr in (med, mean, mode, std):
         arr[few] = np.nan
     return {"median": med, "mean": mean, "mode": mode, "std": std, "count": count, "masked": masked}
+
+
+def clipped_stats(
+    vals: np.ndarray, nsigma: float = 3.0, iters: int = 5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Median, mean, std (ddof 0) and count of each row's finite values, sigma-clipped about
+    the median at nsigma std until nothing changes (at most iters times); NaN for empty rows.
+
+    The values kept are always a contiguous run of the row sorted, so each row is sorted once
+    and every clipping pass moves two ends along it, with the sums from cumulative sums.
+    """
+    n, p = vals.shape
+    fin = np.isfinite(vals)
+    c = fin.sum(axis=1)
+    srt = np.sort(np.where(fin, vals, np.inf), axis=1)
+    rows = np.arange(n)
+    # shifted by a middle value of each row, so the sums of squares lose no precision
+    shift = np.where(c > 0, srt[rows, np.clip((c - 1) // 2, 0, p - 1)], 0.0)
+    d = np.where(np.arange(p)[None, :] < c[:, None], srt - shift[:, None], 0.0)
+    s1 = np.concatenate([np.zeros((n, 1)), np.cumsum(d, axis=1)], axis=1)
+    s2 = np.concatenate([np.zeros((n, 1)), np.cumsum(d * d, axis=1)], axis=1)
+    lo, hi = np.zeros(n, int), c.copy()
+
+    def stats(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
+        k = hi - lo
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (s1[rows, hi] - s1[rows, lo]) / k
+            var = np.clip((s2[rows, hi] - s2[rows, lo]) / k - mean * mean, 0, None)
+        a = np.clip(lo + (k - 1) // 2, 0, p - 1)
+        b = np.clip(lo + k // 2, 0, p - 1)
+        med = np.where(k > 0, 0.5 * (srt[rows, a] + srt[rows, b]), np.nan)
+        return med, mean + shift, np.sqrt(var), k
+
+    for _ in range(iters):
+        med, _mean, std, _ = stats(lo, hi)
+        with np.errstate(invalid="ignore"):
+            new_lo = np.sum(srt < (med - nsigma * std)[:, None], axis=1)
+            new_hi = np.sum(srt <= (med + nsigma * std)[:, None], axis=1)
+        new_lo, new_hi = np.minimum(new_lo, c), np.minimum(np.maximum(new_hi, new_lo), c)
+        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+            break
+        lo, hi = new_lo, new_hi
+    med, mean, std, k = stats(lo, hi)
+    empty = k == 0
+    mean[empty], std[empty] = np.nan, np.nan
+    return med, mean, std, k
 
 
 def clean_cosmic_rays(
@@ -552,11 +590,14 @@ def measure_stars(
     cosmic = np.zeros(n, int)
     if clean_cosmics:
         data, cosmic = clean_cosmic_rays(data, x, y, max(ap.radii), gain, sky_std, fwhm=fwhm)
-    img = np.ascontiguousarray(data, dtype=np.float64)
+    # sep sums float32 pixels as it does float64 ones (same sums): no float64 copy of the frame
+    img = np.ascontiguousarray(data)
+    if img.dtype not in (np.float32, np.float64):
+        img = img.astype(np.float64)
     finite = np.isfinite(img)
     mask = None if finite.all() else ~finite
     if mask is not None:
-        img = np.where(finite, img, 0.0)
+        img = np.where(finite, img, img.dtype.type(0))
     flux = np.full((n, nr), np.nan)
     err = np.full((n, nr), np.nan)
     area = np.zeros((n, nr))
