@@ -238,7 +238,9 @@ def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with fits.open(path, memmap=False) as hdul:
+            # Unscaled: the pixels are read (a truncated file fails here, not while measuring)
+            # but not converted to floats, which would cost more than the rest of the header.
+            with fits.open(path, memmap=False, do_not_scale_image_data=True) as hdul:
                 hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
                 if hdu is None:
                     info.status, info.reason = "bad_file", _no_image(path, hdul)
