@@ -137,10 +137,12 @@ def recentre(
     gy, gx = np.mgrid[0 : 2 * pad + 1, 0 : 2 * pad + 1].astype(float)
     deb = np.flatnonzero(found & (peaks.reshape(n, -1).sum(axis=1) > 1))
     if len(deb):
-        # Only pixels this far from the peak are read below: the centroid windows (1.5 FWHM,
-        # or 4 sigma for "windowed", a square box for "gauss") around a centre that may follow
-        # the light up to the largest allowed shift.
-        reach = 1.5 * max(rw, 4.0 * fw / 2.3548) + 3.0
+        # Only pixels this far from the peak are read below: the centroid window (1.5 FWHM;
+        # 4 sigma for "windowed"; a square box for "gauss") around a centre up to 3 px away.
+        window = {"com": rw, "windowed": max(rw, 4.0 * fw / 2.3548)}.get(
+            method, np.sqrt(2.0) * (np.ceil(rw) + 0.5)
+        )
+        reach = window + 3.0
         fill[deb] = _isolate(fill[deb], peaks[deb], jx[deb], jy[deb], reach)
     if method == "windowed":
         sig2 = (fw / 2.3548) ** 2
@@ -229,6 +231,14 @@ def _isolate(
         with np.errstate(invalid="ignore", divide="ignore"):
             step = np.where(inner & (den < 0), 0.5 * (a - c) / np.where(den < 0, den, -1.0), 0.0)
         centre += step
+    vk, vy, vx = k, qy, qx  # every other peak, for the Voronoi cut below
+    # A neighbour whose mirror image of the star's disc falls wholly off the cutout takes no
+    # light from it (mirror pixels beyond the edge count as 0): left out of the interpolation.
+    my, mx = 2 * cyq - jy[k], 2 * cxq - jx[k]
+    gap = np.hypot(np.clip(-my, 0, None) + np.clip(my - (size - 1), 0, None),
+                   np.clip(-mx, 0, None) + np.clip(mx - (size - 1), 0, None))  # fmt: skip
+    near = gap <= reach + 1.0
+    k, qy, qx, cxq, cyq = k[near], qy[near], qx[near], cxq[near], cyq[near]
     # the pixels of each star's disc (offsets from its peak), inside the cutout
     r = int(np.ceil(reach))
     oy, ox = np.mgrid[-r : r + 1, -r : r + 1]
@@ -242,18 +252,17 @@ def _isolate(
     # mirror of every disc pixel through every neighbour of the same star
     my = 2 * cyq[:, None] - py[k]  # (N, P)
     mx = 2 * cxq[:, None] - px[k]
-    mirror = _bilinear(img, k, my, mx)
-    light = np.clip(np.minimum(mirror, own[k]), 0, None)
-    removed = np.zeros_like(own)
-    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])  # k is sorted (np.nonzero's order)
-    removed[k[starts]] = np.add.reduceat(light, starts, axis=0)
-    kept = own - removed
+    kept = own.copy()
+    if len(k):
+        light = np.clip(np.minimum(_bilinear(img, k, my, mx), own[k]), 0, None)
+        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])  # k is sorted (np.nonzero's)
+        kept[k[starts]] -= np.add.reduceat(light, starts, axis=0)
     # Voronoi: disc pixels nearer another peak than ours carry no light of our star
     d_own = oy**2 + ox**2
     nearest = np.full(own.shape, np.inf)
-    for kk in np.unique(k):
-        sel = k == kk
-        d = (py[kk][None] - qy[sel][:, None]) ** 2 + (px[kk][None] - qx[sel][:, None]) ** 2
+    for kk in np.unique(vk):
+        sel = vk == kk
+        d = (py[kk][None] - vy[sel][:, None]) ** 2 + (px[kk][None] - vx[sel][:, None]) ** 2
         nearest[kk] = d.min(axis=0)
     kept[(nearest < d_own[None, :]) | ~valid] = 0.0
     out = np.zeros_like(img)
