@@ -260,10 +260,10 @@ def _isolate(
     # Voronoi: disc pixels nearer another peak than ours carry no light of our star
     d_own = oy**2 + ox**2
     nearest = np.full(own.shape, np.inf)
-    for kk in np.unique(vk):
-        sel = vk == kk
-        d = (py[kk][None] - vy[sel][:, None]) ** 2 + (px[kk][None] - vx[sel][:, None]) ** 2
-        nearest[kk] = d.min(axis=0)
+    if len(vk):
+        d = (py[vk] - vy[:, None]) ** 2 + (px[vk] - vx[:, None]) ** 2  # (other peaks, P)
+        starts = np.flatnonzero(np.r_[True, vk[1:] != vk[:-1]])  # vk is sorted too
+        nearest[vk[starts]] = np.minimum.reduceat(d, starts, axis=0)
     kept[(nearest < d_own[None, :]) | ~valid] = 0.0
     out = np.zeros_like(img)
     rows = np.broadcast_to(np.arange(m)[:, None], py.shape)
