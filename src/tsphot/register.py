@@ -76,15 +76,18 @@ def _triangles(xy: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Triangles of each star with pairs of its k nearest neighbours: vertices, invariants."""
     n = len(xy)
     k = min(k, n - 1)
+    if k < 2:
+        return np.empty((0, 3), int), np.empty((0, 2))
     tree = cKDTree(xy)
     _, nbr = tree.query(xy, k + 1)
-    tris = set()
-    for i in range(n):
-        for j, m in combinations(nbr[i, 1:], 2):
-            tris.add(tuple(sorted((i, int(j), int(m)))))
-    if not tris:
-        return np.empty((0, 3), int), np.empty((0, 2))
-    tri = np.array(sorted(tris), dtype=int)
+    # every star with each pair of its k nearest neighbours; each triangle once, in sorted order
+    pj, pm = np.array(list(combinations(range(1, k + 1), 2))).T
+    tri = np.column_stack(
+        [np.repeat(np.arange(n), len(pj)), nbr[:, pj].ravel(), nbr[:, pm].ravel()]
+    )
+    tri = np.sort(tri, axis=1)
+    key = np.unique((tri[:, 0] * n + tri[:, 1]) * n + tri[:, 2])  # sorted, as the rows would be
+    tri = np.column_stack([key // (n * n), key // n % n, key % n])
     p = xy[tri]  # (T, 3, 2)
     # side opposite vertex v
     sides = np.stack(
@@ -103,6 +106,19 @@ def _triangles(xy: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         [ss[:, 2] / np.maximum(ss[:, 1], 1e-9), ss[:, 1] / np.maximum(ss[:, 0], 1e-9)], 1
     )
     return tri[ok], inv[ok]
+
+
+_REF_TRIANGLES: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _reference_triangles(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """_triangles of the reference stars, kept: every frame of a run is matched to the same list."""
+    key = ref.tobytes() + str(ref.shape).encode()
+    if key not in _REF_TRIANGLES:
+        if len(_REF_TRIANGLES) >= 8:
+            _REF_TRIANGLES.clear()
+        _REF_TRIANGLES[key] = _triangles(ref)
+    return _REF_TRIANGLES[key]
 
 
 def match_stars(
@@ -186,7 +202,7 @@ def _match_once(
             f"cannot register: {len(frm)} stars found in the frame and {len(ref)} in the reference "
             "(at least 3 each are needed; cloud or a blank frame?)"
         )
-    tri_r, inv_r = _triangles(ref)
+    tri_r, inv_r = _reference_triangles(ref)
     tri_f, inv_f = _triangles(frm)
     if len(tri_r) == 0 or len(tri_f) == 0:
         raise FrameError("cannot register: stars too few or too close to form triangles")
