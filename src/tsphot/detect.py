@@ -175,9 +175,9 @@ def bright_sources(
     background map and an extraction of every pixel). The sky is a 64-px mesh of medians of
     the binned image, as sep's, and the FWHM the same half-maximum-area estimate as find_sources'.
     """
-    from scipy.ndimage import maximum_filter, median_filter
+    from scipy.ndimage import median_filter
 
-    from tsphot.measure import _cutouts
+    from tsphot.measure import _cutouts, _max3x3
 
     ny, nx = data.shape
     b = max(int(binning), 1)
@@ -201,7 +201,7 @@ def bright_sources(
     sub_b = blk - back_b
     # Peaks of the binned image: a star whose brightest pixel stands nsigma above the sky puts
     # well over 2 sigma of the binned noise (rms / b) in its block, whatever the seeing.
-    peaks = (sub_b == maximum_filter(sub_b, size=3, mode="nearest")) & (sub_b > 2.0 * rms / b)
+    peaks = (sub_b == _max3x3(sub_b[None])[0]) & (sub_b > 2.0 * rms / b)
     cy, cx = np.nonzero(peaks)
     order = np.argsort(sub_b[cy, cx])[::-1][: 2 * max_sources]
     cy, cx = cy[order], cx[order]
@@ -211,8 +211,10 @@ def bright_sources(
     flat = np.nan_to_num(win, nan=-np.inf).reshape(len(cx), -1).argmax(axis=1)
     iy = cy * b + b // 2 + flat // (2 * half_s + 1) - half_s
     ix = cx * b + b // 2 + flat % (2 * half_s + 1) - half_s
-    ixy = np.unique(np.column_stack([ix, iy]), axis=0)
-    ix, iy = ixy[:, 0], ixy[:, 1]
+    bg = back_b[np.clip(iy // b, 0, nby - 1), np.clip(ix // b, 0, nbx - 1)]
+    bright = win.reshape(len(cx), -1)[np.arange(len(cx)), flat] - bg > nsigma * rms
+    key = np.unique(iy[bright] * (nx + 2) + ix[bright])  # one per brightest pixel
+    iy, ix = key // (nx + 2), key % (nx + 2)
     half = 7
     bg = back_b[np.clip(iy // b, 0, nby - 1), np.clip(ix // b, 0, nbx - 1)]
     sub = _cutouts(data, ix, iy, half) - bg[:, None, None]
@@ -279,7 +281,8 @@ def _mesh_background(img: np.ndarray, mesh: int, median_filter) -> tuple[np.ndar
     ny, nx = img.shape
     my, mx = max(ny // mesh, 1), max(nx // mesh, 1)
     sy, sx = ny // my, nx // mx
-    cells = img[: my * sy, : mx * sx].reshape(my, sy, mx, sx).transpose(0, 2, 1, 3)
+    # every other pixel of each box: its median as good, at a quarter of the cost
+    cells = img[: my * sy, : mx * sx].reshape(my, sy, mx, sx)[:, ::2, :, ::2].transpose(0, 2, 1, 3)
     med = np.median(cells.reshape(my, mx, -1), axis=2)
     if my >= 3 and mx >= 3:
         med = median_filter(med, size=3, mode="nearest")
@@ -292,6 +295,6 @@ def _mesh_background(img: np.ndarray, mesh: int, median_filter) -> tuple[np.ndar
 
     y0, y1, fy = axis(ny, my, sy)
     x0, x1, fx = axis(nx, mx, sx)
-    top = med[y0][:, x0] * (1 - fx) + med[y0][:, x1] * fx
-    bot = med[y1][:, x0] * (1 - fx) + med[y1][:, x1] * fx
-    return (top * (1 - fy)[:, None] + bot * fy[:, None]).astype(np.float32), float(np.median(med))
+    rows = (med[:, x0] * (1 - fx) + med[:, x1] * fx).astype(np.float32)  # along x, per box row
+    fy = fy.astype(np.float32)[:, None]
+    return rows[y0] * (1 - fy) + rows[y1] * fy, float(np.median(med))
