@@ -59,6 +59,12 @@ def row_nanmedian(v: np.ndarray) -> np.ndarray:
     return med
 
 
+def all_finite(img: np.ndarray) -> bool:
+    """True when no pixel is NaN or infinite (a NaN makes the maximum NaN; an infinity makes
+    the maximum or minimum infinite): two reductions, no full-frame boolean mask."""
+    return bool(np.isfinite(img.max()) and np.isfinite(img.min())) if img.size else True
+
+
 def _cutouts(data: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.ndarray:
     """Stack of (2 half + 1)² cutouts centred on integer pixels; NaN beyond the frame."""
     # Gathered straight from the frame: no padded float64 copy of the whole frame per call.
@@ -603,9 +609,10 @@ def measure_stars(
     img = np.ascontiguousarray(data)
     if img.dtype not in (np.float32, np.float64):
         img = img.astype(np.float64)
-    finite = np.isfinite(img)
-    mask = None if finite.all() else ~finite
-    if mask is not None:
+    mask = None
+    if not all_finite(img):
+        finite = np.isfinite(img)
+        mask = ~finite
         img = np.where(finite, img, img.dtype.type(0))
     flux = np.full((n, nr), np.nan)
     err = np.full((n, nr), np.nan)
@@ -636,7 +643,7 @@ def measure_stars(
     saturated = peak >= saturation if saturation is not None else np.zeros(n, bool)
     hot = np.zeros(n, bool)
     if bad_mask is not None:
-        hot = _peak(bad_mask.astype(np.float32), x, y, max(ap.radii)) > 0
+        hot = _peak(bad_mask, x, y, max(ap.radii)) > 0  # (cutouts are read as floats)
     return {
         "flux": flux,
         "flux_err": err,

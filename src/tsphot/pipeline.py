@@ -182,12 +182,13 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
             raise FrameError(
                 f"{info.path}: frame size {raw.shape[::-1]} differs from {plan.shape[::-1]}"
             )
-        finite = np.isfinite(raw)
-        if finite.sum() < 0.5 * raw.size:
-            raise FrameError(
-                f"{info.path}: {100 * (1 - finite.mean()):.0f} % of the pixels are NaN or "
-                f"infinite ({_region(~finite)}); check the camera software's output"
-            )
+        if not measure.all_finite(raw):
+            finite = np.isfinite(raw)
+            if finite.sum() < 0.5 * raw.size:
+                raise FrameError(
+                    f"{info.path}: {100 * (1 - finite.mean()):.0f} % of the pixels are NaN or "
+                    f"infinite ({_region(~finite)}); check the camera software's output"
+                )
         hi = np.nanmax(raw)
         if np.nanmin(raw) == hi:  # (cheaper than a standard deviation of every pixel)
             raise FrameError(f"{info.path}: image is constant ({hi} ADU); empty frame")
@@ -326,9 +327,9 @@ def _flag_nonfinite(
 ) -> None:
     """Objects with NaN/inf pixels in their aperture: status bad_pixels and where they are.
     The aperture sums skip such pixels, so the flux would be low without a word."""
-    bad = ~np.isfinite(data)
-    if not bad.any():
+    if measure.all_finite(data):
         return
+    bad = ~np.isfinite(data)
     ny, nx = data.shape
     reasons = np.array([""] * len(x), dtype=object)
     for i, (xi, yi) in enumerate(zip(x, y, strict=True)):
