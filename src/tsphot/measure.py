@@ -131,16 +131,19 @@ def recentre(
     # Peaks of the 3x3-smoothed image above 3 sigma of the smoothed noise (noise / 3).
     smooth = uniform_filter(fill, size=(1, 3, 3), mode="constant")
     peaks = (smooth == _max3x3(smooth)) & (smooth > noise[:, None, None])
-    px = off[None, None, :] + (ix - x0)[:, None, None]  # offsets from the prediction
-    py = off[None, :, None] + (iy - y0)[:, None, None]
+    # The peak nearest the prediction within the box (which lies within `half` px of the
+    # cutout's centre: the prediction is within 0.5 px of that pixel)
+    c = slice(pad - half, pad + half + 1)
+    px = off[None, None, c] + (ix - x0)[:, None, None]  # offsets from the prediction
+    py = off[None, c, None] + (iy - y0)[:, None, None]
     in_box = (np.abs(px) <= half) & (np.abs(py) <= half)
-    d2 = np.where(peaks & in_box, px**2 + py**2, np.inf).reshape(n, -1)
+    d2 = np.where(peaks[:, c, c] & in_box, px**2 + py**2, np.inf).reshape(n, -1)
     best = np.argmin(d2, axis=1)
     found = alive & np.isfinite(d2[np.arange(n), best])
-    jy, jx = np.unravel_index(best, cut.shape[1:])
+    jy, jx = np.unravel_index(best, (2 * half + 1, 2 * half + 1))
+    jy, jx = jy + pad - half, jx + pad - half
     # Star centre in cutout coordinates (pixel index), refined by the chosen method.
     cx, cy = jx.astype(float), jy.astype(float)
-    gy, gx = np.mgrid[0 : 2 * pad + 1, 0 : 2 * pad + 1].astype(float)
     deb = np.flatnonzero(found & (peaks.reshape(n, -1).sum(axis=1) > 1))
     if len(deb):
         # Only pixels this far from the peak are read below: the centroid window (1.5 FWHM;
@@ -150,11 +153,24 @@ def recentre(
         )
         reach = window + 3.0
         fill[deb] = _isolate(fill[deb], peaks[deb], jx[deb], jy[deb], reach)
+    # The centroid windows lie near the peak: work on a box of the peak, 4 px wider than the
+    # largest window on each side (the same centres unless one wanders further than that).
+    hb = min(int(np.ceil(max(rw, 4.0 * fw / 2.3548))) + 4, pad - half)
+    ox0 = np.clip(jx - hb, 0, 2 * (pad - hb))
+    oy0 = np.clip(jy - hb, 0, 2 * (pad - hb))
+    span = np.arange(2 * hb + 1)
+    win = fill[
+        np.arange(n)[:, None, None],
+        (oy0[:, None] + span)[:, :, None],
+        (ox0[:, None] + span)[:, None, :],
+    ]
+    gy, gx = np.mgrid[0 : 2 * hb + 1, 0 : 2 * hb + 1].astype(float)
+    cx, cy = cx - ox0, cy - oy0
     if method == "windowed":
         sig2 = (fw / 2.3548) ** 2
         for _ in range(10):
             r2 = (gx[None] - cx[:, None, None]) ** 2 + (gy[None] - cy[:, None, None]) ** 2
-            w = np.where(r2 <= (4.0**2) * sig2, np.exp(-0.5 * r2 / sig2), 0.0) * fill
+            w = np.where(r2 <= (4.0**2) * sig2, np.exp(-0.5 * r2 / sig2), 0.0) * win
             s = w.sum(axis=(1, 2))
             with np.errstate(invalid="ignore", divide="ignore"):
                 dx = 2.0 * (w * (gx[None] - cx[:, None, None])).sum(axis=(1, 2)) / s
@@ -167,7 +183,7 @@ def recentre(
     else:
         for _ in range(3):  # centre of mass, the window following the estimate
             r2 = (gx[None] - cx[:, None, None]) ** 2 + (gy[None] - cy[:, None, None]) ** 2
-            w = np.where((r2 <= rw * rw) & (fill > 3 * noise[:, None, None]), fill, 0.0)
+            w = np.where((r2 <= rw * rw) & (win > 3 * noise[:, None, None]), win, 0.0)
             s = w.sum(axis=(1, 2))
             with np.errstate(invalid="ignore", divide="ignore"):
                 ncx = (w * gx[None]).sum(axis=(1, 2)) / s
@@ -175,10 +191,12 @@ def recentre(
             ok = s > 0
             cx, cy = np.where(ok, ncx, cx), np.where(ok, ncy, cy)
         if method == "gauss":  # fitting is slow: only stars bright enough to be trusted
-            fit = found & (_window_snr(fill, cx, cy, gx, gy, rw, noise) >= min_snr)
-            cx, cy = _gauss_centres(fill, cx, cy, rw, fit)
+            fit = found & (_window_snr(win, cx, cy, gx, gy, rw, noise) >= min_snr)
+            cx, cy = _gauss_centres(fill, cx + ox0, cy + oy0, rw, fit)
+            cx, cy = cx - ox0, cy - oy0
     # Signal-to-noise of the star in its window decides whether to trust the centre at all.
-    snr = _window_snr(fill, cx, cy, gx, gy, rw, noise)
+    snr = _window_snr(win, cx, cy, gx, gy, rw, noise)
+    cx, cy = cx + ox0, cy + oy0
     xc = ix - pad + cx
     yc = iy - pad + cy
     moved = (
