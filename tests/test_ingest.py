@@ -270,3 +270,62 @@ def test_real_wallace_header_profile():
     assert li.site[0] == pytest.approx(42.61, abs=1e-3)
     assert li.site[1] == pytest.approx(-71.485, abs=1e-3)  # SITELONG +71 29 06 is west
     assert li.ccd_temp == pytest.approx(-20.2, abs=0.05)  # SET-TEMP
+
+
+@pytest.mark.parametrize(
+    "dtype, bzero, bscale, plain",
+    [
+        (np.uint16, None, None, True),  # BITPIX 16, BZERO 32768: most cameras
+        (np.int16, None, None, True),
+        (np.uint8, None, None, True),
+        (np.int32, None, None, True),
+        (np.float32, None, None, True),
+        (np.float64, None, None, True),
+        (np.int16, 100.0, None, False),  # other scalings: astropy reads them
+        (np.int16, None, 2.0, False),
+        (np.uint32, None, None, False),  # BZERO 2**31
+    ],
+)
+def test_plain_image_reads_what_astropy_reads(tmp_path, dtype, bzero, bscale, plain):
+    rng = np.random.default_rng(5)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    lo, hi = (info.min, info.max) if info else (-1e6, 1e6)
+    data = rng.uniform(lo, hi, (37, 53)).astype(dtype)
+    data[0, :3] = [lo, hi, 0] if info else [0.5, -2.25, 1e-3]  # the extremes survive
+    hdu = fits.PrimaryHDU(data)
+    if bzero is not None or bscale is not None:
+        hdu.scale("int16", bzero=bzero or 0.0, bscale=bscale or 1.0)
+    hdu.header["EXPTIME"] = 10.0
+    path = tmp_path / "f.fits"
+    hdu.writeto(path)
+    blob = path.read_bytes()
+    fast = ingest.plain_image(blob)
+    with fits.open(path) as hdul:
+        slow = np.asarray(hdul[0].data, np.float32)
+    if not plain:
+        assert fast is None
+    else:
+        assert fast is not None and fast.dtype == np.float32
+        np.testing.assert_array_equal(fast, slow)
+    # the pipeline's reader gives the same pixels, header or not
+    a, _, sha_a = ingest.read_pixels_sha256(str(path), 3.0, header=False)
+    b, hdr, sha_b = ingest.read_pixels_sha256(str(path), 3.0)
+    np.testing.assert_array_equal(a, b)
+    assert sha_a == sha_b and hdr["EXPTIME"] == 10.0
+
+
+def test_plain_image_leaves_truncated_and_odd_files_to_astropy(tmp_path):
+    path = tmp_path / "f.fits"
+    fits.PrimaryHDU(np.ones((40, 40), np.uint16)).writeto(path)
+    blob = path.read_bytes()
+    assert ingest.plain_image(blob) is not None
+    assert ingest.plain_image(blob[: 2880 + 3000]) is None  # truncated inside the pixels
+    cube = tmp_path / "c.fits"
+    fits.PrimaryHDU(np.ones((2, 40, 40), np.uint16)).writeto(cube)
+    assert ingest.plain_image(cube.read_bytes()) is None
+    ext = tmp_path / "e.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((40, 40), np.float32))]).writeto(ext)
+    assert ingest.plain_image(ext.read_bytes()) is None  # NAXIS 0 in the primary
+    with pytest.raises(InputError, match="truncated"):
+        (tmp_path / "t.fits").write_bytes(blob[: len(blob) // 2])
+        ingest.read_pixels_sha256(str(tmp_path / "t.fits"), header=False)

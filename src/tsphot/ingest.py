@@ -412,8 +412,15 @@ def read_pixels(path: str, pedestal: float = 0.0) -> tuple[np.ndarray, fits.Head
     return _read_image(path, path, pedestal)
 
 
-def read_pixels_sha256(path: str, pedestal: float = 0.0) -> tuple[np.ndarray, fits.Header, str]:
-    """Like read_pixels, and the SHA-256 of the file's bytes, from a single read of the file."""
+def read_pixels_sha256(
+    path: str, pedestal: float = 0.0, *, header: bool = True
+) -> tuple[np.ndarray, fits.Header | None, str]:
+    """Like read_pixels, and the SHA-256 of the file's bytes, from a single read of the file.
+
+    With header=False the header may be left unparsed (None is returned for it): a plain
+    primary-HDU image is then read straight from the bytes, without astropy's header parsing,
+    which costs several times the pixels' conversion.
+    """
     try:
         with open(path, "rb") as fh:
             blob = fh.read()
@@ -421,10 +428,63 @@ def read_pixels_sha256(path: str, pedestal: float = 0.0) -> tuple[np.ndarray, fi
         raise InputError(f"{path}: file not found") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror}); check its permissions") from None
-    # compressed files (.gz, .bz2, .zip) are opened by astropy from the path, which knows them
-    source = io.BytesIO(blob) if blob.startswith(b"SIMPLE") else path
-    data, header = _read_image(source, path, pedestal)
-    return data, header, hashlib.sha256(blob).hexdigest()
+    data = None if header else plain_image(blob)
+    if data is not None:
+        hdr = None
+        if pedestal:
+            data += np.float32(pedestal)
+    else:
+        # compressed files (.gz, .bz2, .zip) are opened by astropy from the path, which knows them
+        source = io.BytesIO(blob) if blob.startswith(b"SIMPLE") else path
+        data, hdr = _read_image(source, path, pedestal)
+    return data, hdr, hashlib.sha256(blob).hexdigest()
+
+
+# BITPIX -> big-endian dtype, and the BZERO values read here exactly as astropy reads them
+_PLAIN_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", -32: ">f4", -64: ">f8"}
+_PLAIN_BZERO = {8: (0.0,), 16: (0.0, 32768.0), 32: (0.0,), -32: (0.0,), -64: (0.0,)}
+
+
+def plain_image(blob: bytes) -> np.ndarray | None:
+    """float32 pixels of a FITS file's primary HDU when it is a plain 2-D image (BSCALE 1, BZERO
+    0, or 32768 for 16-bit, no BLANK), read from its bytes; None for anything else (then
+    astropy reads it). The same values as astropy's, at a fraction of the cost."""
+    if not blob.startswith(b"SIMPLE  ="):
+        return None
+    cards: dict[str, str] = {}
+    end = -1
+    for start in range(0, min(len(blob), 2880 * 40), 80):  # headers of up to 40 blocks
+        card = blob[start : start + 80]
+        key = card[:8].rstrip()
+        if key == b"END":
+            end = start
+            break
+        if card[8:10] == b"= " and key in (
+            b"SIMPLE", b"BITPIX", b"NAXIS", b"NAXIS1", b"NAXIS2", b"BZERO", b"BSCALE", b"BLANK",
+            b"GROUPS", b"PCOUNT", b"GCOUNT",
+        ):  # fmt: skip
+            cards[key.decode()] = card[10:].split(b"/")[0].strip().decode("ascii", "replace")
+    try:
+        if end < 0 or cards.get("SIMPLE") != "T" or int(cards["NAXIS"]) != 2:
+            return None
+        if {"BLANK", "GROUPS", "PCOUNT", "GCOUNT"} & cards.keys():
+            return None
+        bitpix, nx, ny = int(cards["BITPIX"]), int(cards["NAXIS1"]), int(cards["NAXIS2"])
+        bzero = float(cards.get("BZERO", "0").replace("D", "E"))
+        bscale = float(cards.get("BSCALE", "1").replace("D", "E"))
+    except (KeyError, ValueError):
+        return None
+    if bitpix not in _PLAIN_DTYPES or bscale != 1.0 or bzero not in _PLAIN_BZERO[bitpix]:
+        return None
+    offset = (end // 2880 + 1) * 2880
+    count = nx * ny
+    if nx <= 0 or ny <= 0 or offset + count * abs(bitpix) // 8 > len(blob):
+        return None  # truncated: astropy says so in its own words
+    data = np.frombuffer(blob, _PLAIN_DTYPES[bitpix], count=count, offset=offset)
+    out = data.astype(np.float32).reshape(ny, nx)
+    if bzero:
+        out += np.float32(bzero)
+    return out
 
 
 def _read_image(source: Any, path: str, pedestal: float) -> tuple[np.ndarray, fits.Header]:

@@ -177,7 +177,9 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         res.status, res.reason = info.status, info.reason
         return res
     try:
-        raw, header, res.sha256 = ingest.read_pixels_sha256(info.path, info.pedestal)
+        raw, header, res.sha256 = ingest.read_pixels_sha256(
+            info.path, info.pedestal, header=bool(plan.save_calibrated)
+        )
         if raw.shape != plan.shape:
             raise FrameError(
                 f"{info.path}: frame size {raw.shape[::-1]} differs from {plan.shape[::-1]}"
