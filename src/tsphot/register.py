@@ -149,6 +149,14 @@ def match_stars(
             "the reference (at least 3 each are needed; cloud or a blank frame?)"
         )
     best_note = "no star pattern of the reference found in the frame"
+    # A shift alone (most frames of a night) is found by voting at a fraction of the triangles'
+    # cost, under the same test against chance; rotations and flips go on to the triangles.
+    shifted = _match_offset(ref_all, frm_all, n_use, tol_px)
+    if (
+        shifted is not None
+        and _significance(shifted[0], ref_all, frm_all, shifted[1])[1] < max_false
+    ):
+        return shifted[0]
     for n in dict.fromkeys((n_use, 15, 8)):
         if n > n_use and n != n_use:
             continue
@@ -238,12 +246,24 @@ def _match_once(
                 break
     if best is None or best[0] < 3:
         raise FrameError("cannot register: no transform matches 3 or more stars")
-    # Refine on every matched pair, twice (matches may grow once the fit improves).
-    a, t = best[2], best[3]
+    return _refine(best[2], best[3], ref_xy, frm_xy, n_use, tol_px, ref), n_tried
+
+
+def _refine(
+    a: np.ndarray,
+    t: np.ndarray,
+    ref_xy: np.ndarray,
+    frm_xy: np.ndarray,
+    n_use: int,
+    tol_px: float,
+    first: np.ndarray,
+) -> Transform:
+    """A hypothesis refined on every matched pair, thrice (matches may grow once the fit
+    improves); `first`, the stars that made it, stand for the matches if none are found."""
     full_ref = np.asarray(ref_xy, float)[: 4 * n_use]
     tree_all = cKDTree(np.asarray(frm_xy, float))
     frm_all = np.asarray(frm_xy, float)
-    src = dst = ref
+    src = dst = first
     for _ in range(3):
         mapped = full_ref @ a.T + t
         dist, idx = tree_all.query(mapped, distance_upper_bound=tol_px)
@@ -257,13 +277,35 @@ def _match_once(
             else similarity_fit(src, dst, np.linalg.det(a) < 0)
         )
     resid = np.linalg.norm(src @ a.T + t - dst, axis=1)
-    tr = Transform(
+    return Transform(
         a=tuple(float(v) for v in a.ravel()),
         t=(float(t[0]), float(t[1])),
         n_matched=len(src),
         rms=float(np.sqrt(np.mean(resid**2))),
     )
-    return tr, n_tried
+
+
+def _match_offset(
+    ref_xy: np.ndarray, frm_xy: np.ndarray, n_use: int, tol_px: float
+) -> tuple[Transform, int] | None:
+    """The common case, a frame shifted from the reference (rotated by well under a degree),
+    found by voting: the offset shared by most pairs of bright stars; None without a clear one.
+    The transform is then refined exactly as a triangle match's is."""
+    ref = np.asarray(ref_xy, float)[:n_use]
+    frm = np.asarray(frm_xy, float)[: 2 * n_use]
+    if len(ref) < 6 or len(frm) < 6:
+        return None
+    d = (frm[None, :, :] - ref[:, None, :]).reshape(-1, 2)
+    cell = np.floor(d / tol_px).astype(np.int64)
+    key = (cell[:, 0] + 2**20) * 2**21 + (cell[:, 1] + 2**20)
+    keys, counts = np.unique(key, return_counts=True)
+    top = keys[np.argmax(counts)]  # the first of equals: deterministic
+    centre = (np.array([top // 2**21 - 2**20, top % 2**21 - 2**20]) + 0.5) * tol_px
+    near = np.all(np.abs(d - centre) <= tol_px, axis=1)  # the cell and its neighbours
+    if near.sum() < 6:
+        return None
+    t = np.median(d[near], axis=0)
+    return _refine(np.eye(2), t, ref_xy, frm_xy, n_use, tol_px, ref), len(d)
 
 
 def _affine_fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
