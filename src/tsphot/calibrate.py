@@ -62,6 +62,18 @@ class Masters:
         """True when no master is present."""
         return self.bias is None and self.dark_rate is None and self.flat is None
 
+    def dark_for(self, exptime: float) -> np.ndarray:
+        """The dark current of an exposure (ADU): dark_rate × exptime, kept per exposure time
+        (a night has one or a few, and every frame would otherwise compute it again)."""
+        key = (id(self.dark_rate), float(exptime))
+        cache = self.__dict__.setdefault("_dark_cache", {})
+        if key not in cache or cache[key][0] is not self.dark_rate:
+            if len(cache) >= 4:
+                cache.clear()
+            # the master itself is kept with its product: its id cannot be reused meanwhile
+            cache[key] = (self.dark_rate, self.dark_rate * np.float32(exptime))
+        return cache[key][1]
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The master arrays present, by name (for an .npz file)."""
         names = ("bias", "dark_rate", "flat", "bad")
@@ -929,15 +941,17 @@ def calibrate_frame(
         )
     data, st = overscan_and_trim(raw, info.sections, info.path)
     steps += st
-    data = data.astype(np.float32, copy=True)
     _check_shape_master(data, masters, info.path)
     ch = masters.choice
     if masters.bias is not None:
-        data -= masters.bias
+        # into a new float32 frame in one pass (as a copy, then data -= bias, would give)
+        data = np.subtract(data, masters.bias, out=np.empty(data.shape, np.float32))
         src = ch.get("dark") if ch.get("dark", {}).get("bias_included") else ch.get("bias")
         steps.append({"step": "subtract_bias", "master": (src or {}).get("file")})
+    else:
+        data = data.astype(np.float32, copy=True)
     if masters.dark_rate is not None:
-        data -= masters.dark_rate * np.float32(info.exptime)
+        data -= masters.dark_for(info.exptime)
         d = ch.get("dark", {})
         steps.append(
             {
