@@ -433,20 +433,25 @@ def annulus_stats(
             np.column_stack([np.nan_to_num(x, nan=-1e9), np.nan_to_num(y, nan=-1e9)]),
             r_out + float(np.nanmax(mrad)),
         )
-        for i, js in enumerate(near):
-            if not js or not np.isfinite(x[i]):
-                continue
-            m, rm = mxy[js], mrad[js]
-            other = np.hypot(m[:, 0] - x[i], m[:, 1] - y[i]) > 1.5  # not the star itself
-            m, rm = m[other], rm[other]
-            if len(m) == 0:
-                continue
-            # positions of the cutout pixels relative to each masking star
-            dx = gx[i][None, :] - m[:, 0, None]
-            dy = gy[i][None, :] - m[:, 1, None]
-            hit = ((dx**2 + dy**2) <= rm[:, None] ** 2).any(axis=0)
-            masked[i] = int((hit & ring[i]).sum())
-            ring[i] &= ~hit
+        # every (star, masking star) pair at once, grouped by star
+        si = np.repeat(
+            np.arange(n), [len(js) if np.isfinite(x[i]) else 0 for i, js in enumerate(near)]
+        )
+        mj = np.fromiter(
+            (j for i, js in enumerate(near) if np.isfinite(x[i]) for j in js), int, len(si)
+        )
+        other = np.hypot(mxy[mj, 0] - x[si], mxy[mj, 1] - y[si]) > 1.5  # not the star itself
+        si, mj = si[other], mj[other]
+        if len(si):
+            # the ring's candidate pixels within each masking star's radius
+            dx = gx[si] - mxy[mj, 0, None]
+            dy = gy[si] - mxy[mj, 1, None]
+            hit_pairs = (dx**2 + dy**2) <= mrad[mj, None] ** 2
+            starts = np.flatnonzero(np.r_[True, si[1:] != si[:-1]])
+            hit = np.zeros_like(ring)
+            hit[si[starts]] = np.logical_or.reduceat(hit_pairs, starts, axis=0)
+            masked = (hit & ring).sum(axis=1)
+            ring &= ~hit
     vals = np.where(ring, cut, np.nan)
     med, mean, std, count = clipped_stats(vals)
     std = std / _CLIP3_STD_FACTOR
