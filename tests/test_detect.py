@@ -45,3 +45,21 @@ def test_undersampled_psf_keeps_every_source():
     src = detect.find_sources(img, 5.0)
     assert src.fwhm < 2.5
     assert src.star_like().all()
+
+
+def test_bright_sources_agree_with_a_full_detection():
+    """The registration detector (binned search, full-resolution boxes): every star of the
+    frame at its true position, the same FWHM, and no cosmic ray."""
+    img, stars = _frame(4.0)
+    full = detect.find_sources(img, 15.0)
+    fast = detect.bright_sources(img, 15.0)
+    assert fast.fwhm == pytest.approx(4.0, abs=0.5)
+    assert fast.fwhm == pytest.approx(full.fwhm, abs=0.3)
+    assert fast.background == pytest.approx(100.0, abs=1.0)  # the sky of _frame
+    assert fast.background_rms == pytest.approx(5.0, rel=0.1)
+    assert not (np.hypot(fast.x - 151, fast.y - 31) < 3).any()  # the 3-px streak
+    for x, y in stars:  # true centres are whole pixels
+        d = np.hypot(fast.x - x, fast.y - y)
+        assert d.min() < 0.3, (x, y, d.min())
+    assert len(fast) == len(stars)
+    assert np.all(np.diff(fast.flux) <= 0)  # brightest first, as registration expects
