@@ -278,7 +278,14 @@ def _isolate(
     mx = 2 * cxq[:, None] - px[k]
     kept = own.copy()
     if len(k):
-        light = np.clip(np.minimum(_bilinear(img, k, my, mx), own[k]), 0, None)
+        # Only pixels with light of their own lose any (min(mirror, own) clipped at 0): the
+        # mirror is interpolated for those alone.
+        pos = own[k] > 0
+        light = np.zeros(my.shape)
+        rows = np.broadcast_to(k[:, None], my.shape)[pos]
+        light[pos] = np.clip(
+            np.minimum(_bilinear(img, rows, my[pos], mx[pos]), own[k][pos]), 0, None
+        )
         starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])  # k is sorted (np.nonzero's)
         kept[k[starts]] -= np.add.reduceat(light, starts, axis=0)
     # Voronoi: disc pixels nearer another peak than ours carry no light of our star
@@ -314,9 +321,15 @@ def _bilinear(img: np.ndarray, k: np.ndarray, y: np.ndarray, x: np.ndarray) -> n
 def _max3x3(img: np.ndarray) -> np.ndarray:
     """3×3 maximum filter of each image of a stack, 0 beyond the edges (as scipy's
     maximum_filter, size (1, 3, 3), mode "constant")."""
-    pad = np.pad(img, ((0, 0), (1, 1), (1, 1)))
-    rows = np.maximum(np.maximum(pad[:, :-2], pad[:, 1:-1]), pad[:, 2:])
-    return np.maximum(np.maximum(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
+    rows = img.copy()  # maxima along y, then x, in place: no padded copy
+    np.maximum(rows[:, 1:], img[:, :-1], out=rows[:, 1:])
+    np.maximum(rows[:, :-1], img[:, 1:], out=rows[:, :-1])
+    out = rows.copy()
+    np.maximum(out[:, :, 1:], rows[:, :, :-1], out=out[:, :, 1:])
+    np.maximum(out[:, :, :-1], rows[:, :, 1:], out=out[:, :, :-1])
+    for edge in (out[:, 0], out[:, -1], out[:, :, 0], out[:, :, -1]):  # the 0 beyond the edges
+        np.maximum(edge, 0, out=edge)
+    return out
 
 
 def _gauss_centres(
