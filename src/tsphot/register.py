@@ -305,7 +305,13 @@ def _match_offset(
     if near.sum() < 6:
         return None
     t = np.median(d[near], axis=0)
-    return _refine(np.eye(2), t, ref_xy, frm_xy, n_use, tol_px, ref), len(d)
+    tr = _refine(np.eye(2), t, ref_xy, frm_xy, n_use, tol_px, ref)
+    # A shift that is not the whole story (a rotation of a degree or more smears the offsets)
+    # leaves part of the stars unmatched or matched loosely: the triangles then decide.
+    n_ref = min(len(np.asarray(ref_xy)[: 4 * n_use]), len(frm_xy))
+    if tr.n_matched < max(6, 0.7 * n_ref) or tr.rms > tol_px / 6:
+        return None
+    return tr, len(d)
 
 
 def _affine_fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
