@@ -3,7 +3,7 @@
 "Within 2 sigma" is inside the fit's 2-sigma profile-likelihood interval (Δχ² = 4 with the
 other parameters refitted; run.json's ``fit.intervals``), which stays honest where the
 likelihood is not a parabola: these nights are hard (a 0.8 % transit with 1.2 % per-point
-noise, a third of the night out of transit, airmass and time trends free), and in several
+noise, a third of the night out of transit, airmass and time trends free): in these 20
 the transit is detected at only 2.7-6.4 sigma. Measured: truth inside the 2-sigma interval
 for t0 in 17 and for the depth in 20 of 20 (the covariance error of t0 covered 13).
 If the intervals are right, truth lies inside 95 % of the time: 19 of 20 nights expected. At
