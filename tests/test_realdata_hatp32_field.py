@@ -82,7 +82,7 @@ def _excess(record) -> float:
 def test_background_excess_measured_on_the_real_night(hat_field):
     _, _, record = hat_field
     be = record["background_excess"]
-    assert be["apertures"]["placed"] >= 80
+    assert be["apertures"]["placed"] >= 0.8 * pipeline.SKY_APERTURES_FIELD
     est = be["per_radius_px"][f"{record['apertures']['chosen_radius_px']:g}"]
     # empty apertures carried with the drifting field scatter well beyond the CCD equation
     assert est["significance"] > 10 and est["ratio_rms"] > 1.3, est

@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--sky-apertures",
         type=int,
-        help="empty-sky apertures measuring the background's real noise (100 with "
+        help="empty-sky apertures measuring the background's real noise (50 with "
         "--all-stars, else 30; 0: off)",
     )
     r.add_argument(

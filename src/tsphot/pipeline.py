@@ -26,7 +26,7 @@ log = logging.getLogger("tsphot")
 REGISTER_SIGMA = 15.0  # detection threshold for per-frame registration stars
 # Empty-sky apertures (settings.sky_apertures when not given): many in field mode, where the
 # background term decides the faint stars' errors; a modest number in a plain run.
-SKY_APERTURES_FIELD = 100
+SKY_APERTURES_FIELD = 50
 SKY_APERTURES_DEFAULT = 30
 SKY_DETECT_SIGMA = 3.0  # empty-sky apertures keep clear of every source above this (sigma)
 

@@ -275,7 +275,7 @@ class Settings(BaseModel):
         ge=0,
         description="empty-sky apertures measured in every frame like stars (no recentring) to "
         "measure the background noise the CCD equation misses (correlated or fixed-pattern "
-        "sky); none: 100 in field mode, 30 otherwise (a few ms per frame); 0: off",
+        "sky); none: 50 in field mode, 30 otherwise (a few ms per frame); 0: off",
     )
     executor: Literal["serial", "processes", "dask"] = Field(
         "processes",
