@@ -338,16 +338,18 @@ def test_atmosphere_and_order_do_not_matter(
     s = np.asarray(shifts)[:, None]
     shifted = everett_howell(mag + s, err, valid, names)
     dm1, de1 = differential(target + s[:, 0], err[:, 0], shifted)
-    np.testing.assert_allclose(dm1, dm0, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(de1, de0, rtol=1e-9)
+    # 1e-8 mag: the weights converge to 1e-7 relative (iteration tolerance) and summing in
+    # another order moves magnitudes by ~1e-9 (a hypothesis example reached 1.6e-9)
+    np.testing.assert_allclose(dm1, dm0, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(de1, de0, rtol=1e-7)
     np.testing.assert_allclose(shifted.weights, base.weights, rtol=1e-7, atol=1e-12)
     assert shifted.reasons == base.reasons
 
     p = np.asarray(perm)
     permuted = everett_howell(mag[:, p], err[:, p], valid[:, p], [names[i] for i in p])
     np.testing.assert_allclose(permuted.weights, base.weights[p], rtol=1e-7, atol=1e-12)
-    np.testing.assert_allclose(permuted.offset, base.offset, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(permuted.loo_mag, base.loo_mag[:, p], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(permuted.offset, base.offset, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(permuted.loo_mag, base.loo_mag[:, p], rtol=0, atol=1e-8)
     assert permuted.reasons == [base.reasons[i] for i in p]
 
 
