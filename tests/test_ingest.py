@@ -329,3 +329,138 @@ def test_plain_image_leaves_truncated_and_odd_files_to_astropy(tmp_path):
     with pytest.raises(InputError, match="truncated"):
         (tmp_path / "t.fits").write_bytes(blob[: len(blob) // 2])
         ingest.read_pixels_sha256(str(tmp_path / "t.fits"), header=False)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _same_values(fast, header):
+    """Every keyword the fast parser read has astropy's value, of astropy's type."""
+    for key, value in fast.items():
+        ref = header[key]
+        assert type(value) is type(ref), key
+        assert value == ref or (value != value and ref != ref), key
+
+
+def test_fast_header_parser_agrees_with_astropy_on_the_real_nights():
+    # every header of the real nights (gzip-compressed: decompressed here; the fast path
+    # itself leaves compressed files to astropy) parses to astropy's values
+    import gzip
+
+    paths = sorted(SHARED.rglob("*.fits.gz"))
+    if not paths:
+        pytest.skip(f"real nights not found under {SHARED}")
+    parsed = 0
+    for p in paths:
+        blob = gzip.decompress(p.read_bytes())
+        got = ingest.parse_header(blob)
+        header = fits.Header.fromstring(blob[: blob.index(b"END" + b" " * 77) + 80].decode())
+        if got is None:
+            continue
+        fast, offset = got
+        assert offset % 2880 == 0 and offset > blob.index(b"END" + b" " * 77)
+        _same_values(fast, header)
+        assert set(fast) == {k for k in header if k not in ("COMMENT", "HISTORY", "")}
+        parsed += 1
+    assert parsed >= 0.9 * len(paths)  # odd headers may go to astropy, but not most
+
+
+def test_fast_header_parser_card_values(tmp_path):
+    # strings with quotes, blanks and slashes; logicals; integers; floats with D exponents;
+    # lower-case lookups; duplicates (the first counts); what it leaves to astropy
+    cards = [
+        "SIMPLE  =                    T",
+        "BITPIX  =                   16",
+        "NAXIS   =                    2",
+        "NAXIS1  =                    4",
+        "NAXIS2  =                    3",
+        "OBJECT  = 'HAT-P-32 b / x' / comment with 'quotes'",
+        "OBSERVER= 'O''Brien  '",
+        "EMPTY   = ''",
+        "BLANKS  = '   '",
+        "LEAD    = '  lead'",
+        "FLAG    =                    F / no",
+        "EXPTIME =                 60.5",
+        "DEXP    =              1.5D+02",
+        "SMALL   =               -3E-05",
+        "BIG     =          12345678901",
+        "PLUS    =                   +7",
+        "DOT     =                   5.",
+        "EXPTIME =                  1.0 / a duplicate: astropy returns the first",
+        "COMMENT   a comment card = 'not a value'",
+        "HISTORY   history",
+        "",
+        "END",
+    ]
+    blob = "".join(c.ljust(80) for c in cards).ljust(2880).encode("ascii")
+    fast, offset = ingest.parse_header(blob)
+    assert offset == 2880
+    header = fits.Header.fromstring(blob.decode())
+    _same_values(fast, header)
+    assert fast["object"] == "HAT-P-32 b / x" and fast["OBSERVER"] == "O'Brien"
+    assert fast["EXPTIME"] == 60.5 and "exptime" in fast and fast.get("NOPE", 3) == 3
+    assert fast["DEXP"] == 150.0 and fast["FLAG"] is False and fast["BIG"] == 12345678901
+    for odd in (
+        "CONTINUE  'def'",  # the rest of a long string
+        "HIERARCH ESO DET CHIP = 3",
+        "CPLX    = (1.0, 2.0)",
+        "UNDEF   =",
+        "BROKEN  = 'no closing quote",
+    ):
+        bad = "".join(c.ljust(80) for c in cards[:5] + [odd, "END"]).ljust(2880).encode()
+        assert ingest.parse_header(bad) is None, odd
+
+
+def test_read_header_fast_path_gives_astropy_path_result(tmp_path, monkeypatch):
+    # the same FrameInfo whether the header was parsed here or by astropy
+    from dataclasses import asdict
+
+    paths = [
+        _write(
+            tmp_path / f"f{i}.fits",
+            {
+                "DATE-OBS": f"2024-05-01T03:0{i}:05.6",
+                "EXPTIME": 30.0 + i,
+                "GAIN": 1.4,
+                "RDNOISE": 9.0,
+                "FILTER": "V ",
+                "IMAGETYP": "Light Frame",
+                "SITELAT": "31 40 48",
+                "SITELONG": "-110 52 48",
+                "OBJCTRA": "02 04 10.3",
+                "OBJCTDEC": "+46 41 16",
+                "SWCREATE": "MaxIm DL Version 6.20",
+                "XBINNING": 2,
+                "YBINNING": 2,
+                "CCD-TEMP": -20.5,
+            },
+        )
+        for i in range(3)
+    ]
+    fast = [asdict(ingest.read_header(p)) for p in paths]
+    assert ingest._fast_image_header(paths[0]) is not None  # the fast path was taken
+    monkeypatch.setattr(ingest, "_fast_image_header", lambda path: None)
+    slow = [asdict(ingest.read_header(p)) for p in paths]
+    assert fast == slow
+    assert fast[0]["status"] == "ok" and fast[0]["binning"] == (2, 2)
+
+
+def test_read_headers_equals_read_header_one_by_one(tmp_path):
+    # times converted in one batch give each frame's own result; a bad time still names its file
+    from dataclasses import asdict
+
+    paths = [
+        _write(tmp_path / f"f{i}.fits", {"DATE-OBS": f"2024-05-01T03:{i:02d}:05.{i}", "EXPTIME": i})
+        for i in range(1, 6)
+    ]
+    paths.append(_write(tmp_path / "local.fits", {"DATE-OBS": "2017-12-19T18:33:43.317-0700",
+                                                  "EXPTIME": 60.0,
+                                                  "CREATOR": "MicroObservatory2014"}))  # fmt: skip
+    paths.append(_write(tmp_path / "bad.fits", {"DATE-OBS": "2024-13-45T99:00:00", "EXPTIME": 1}))
+    paths.append(str(tmp_path / "missing.fits"))
+    seen = []
+    batch = ingest.read_headers(paths, progress=seen.append)
+    assert seen == paths
+    assert [asdict(i) for i in batch] == [asdict(ingest.read_header(p)) for p in paths]
+    assert batch[-2].status == "bad_header" and "bad.fits" in batch[-2].reason
+    assert batch[0].status == "ok" and np.isfinite(batch[0].jd_utc_mid)

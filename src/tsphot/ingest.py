@@ -6,6 +6,7 @@ import glob
 import hashlib
 import io
 import os
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -226,7 +227,50 @@ def _angle(value: Any, hours: bool = False) -> float:
     return float(Angle(text.replace(" ", ":"), unit=unit).deg)
 
 
-def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo:
+class _TimeLater(Exception):
+    """The mid-exposure time is left for read_headers to convert with the others."""
+
+
+def read_headers(
+    paths: list[str],
+    overrides: dict[str, Any] | None = None,
+    progress: Callable[[Any], None] | None = None,
+) -> list[FrameInfo]:
+    """read_header of each path (the same results, in the same order), times converted at once."""
+    from tsphot import timing
+
+    overrides = overrides or {}
+    infos = []
+    for p in paths:
+        infos.append(read_header(p, overrides, _time=False))
+        if progress is not None:
+            progress(p)
+    # astropy's Time costs more per call than reading a header: one call per time convention
+    groups: dict[str, list[int]] = {}
+    for i, info in enumerate(infos):
+        if info.status == "ok":
+            time_is = overrides.get("time_is") or PROFILES[info.profile].time_is
+            groups.setdefault(time_is, []).append(i)
+    for time_is, idx in groups.items():
+        try:
+            jd = timing.mid_exposure_jd_utc(
+                [infos[i].date_obs for i in idx],
+                [infos[i].exptime for i in idx],
+                time_is=time_is,  # type: ignore[arg-type]
+            )
+        except (ValueError, TypeError):
+            jd = None  # some frame's time is unreadable: each frame alone names it
+        for k, i in enumerate(idx):
+            if jd is None:
+                infos[i] = read_header(paths[i], overrides)
+            else:
+                infos[i].jd_utc_mid = float(jd[k])
+    return infos
+
+
+def read_header(
+    path: str, overrides: dict[str, Any] | None = None, *, _time: bool = True
+) -> FrameInfo:
     """Read and normalise one exposure's header; problems become its status and reason."""
     from tsphot import timing
 
@@ -235,22 +279,30 @@ def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo
     if not os.path.exists(path):
         info.status, info.reason = "missing", f"{path}: file not found"
         return info
+    header: Any = None
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            # Unscaled: the pixels are read (a truncated file fails here, not while measuring)
-            # but not converted to floats, which would cost more than the rest of the header.
-            with fits.open(path, memmap=False, do_not_scale_image_data=True) as hdul:
-                hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
-                if hdu is None:
-                    info.status, info.reason = "bad_file", _no_image(path, hdul)
-                    return info
-                header = hdu.header
-                info.shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
-    except (OSError, ValueError, TypeError) as exc:
-        info.status = "bad_file"
-        info.reason = f"{path}: {_unreadable(path, exc, caught)}"
-        return info
+        header = _fast_image_header(path)
+    except OSError:
+        pass  # astropy's reading below names the problem
+    if header is not None:
+        info.shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+    else:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                # Unscaled: the pixels are read (a truncated file fails here, not while
+                # measuring) but not converted to floats, which would cost more than the rest.
+                with fits.open(path, memmap=False, do_not_scale_image_data=True) as hdul:
+                    hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
+                    if hdu is None:
+                        info.status, info.reason = "bad_file", _no_image(path, hdul)
+                        return info
+                    header = hdu.header
+                    info.shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+        except (OSError, ValueError, TypeError) as exc:
+            info.status = "bad_file"
+            info.reason = f"{path}: {_unreadable(path, exc, caught)}"
+            return info
     named = overrides.get("profile")
     profile = PROFILES[named] if named in PROFILES else detect_profile(header)
     info.profile = profile.name
@@ -294,9 +346,13 @@ def read_header(path: str, overrides: dict[str, Any] | None = None) -> FrameInfo
             info.date_obs = f"{info.date_obs}T{tod}"
     time_is = overrides.get("time_is") or profile.time_is
     try:
+        if not _time:  # read_headers converts every frame's time at once
+            raise _TimeLater
         info.jd_utc_mid = float(
             timing.mid_exposure_jd_utc(info.date_obs, info.exptime, time_is=time_is)
         )
+    except _TimeLater:
+        pass
     except (ValueError, TypeError) as exc:
         info.status = "bad_header"
         info.reason = (
@@ -445,38 +501,126 @@ _PLAIN_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", -32: ">f4", -64: ">f8"}
 _PLAIN_BZERO = {8: (0.0,), 16: (0.0, 32768.0), 32: (0.0,), -32: (0.0,), -64: (0.0,)}
 
 
+class FastHeader(dict):
+    """A FITS header's keyword values (first card of each keyword), looked up in any case."""
+
+    def __getitem__(self, key: str) -> Any:
+        return super().__getitem__(key.upper())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.upper())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The keyword's value, or default when the header has no such card."""
+        return super().get(key.upper(), default)
+
+
+_INT = re.compile(r"[+-]?\d+\Z")
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([EeDd][+-]?\d+)?\Z")
+_UNPRINTABLE = re.compile(rb"[^ -~]")
+_ODD = object()  # a value this parser leaves to astropy
+
+
+def _card_value(text: str) -> Any:
+    """Value of a card's value field (after '= ') as astropy reads it, or _ODD."""
+    s = text.lstrip(" ")
+    if s.startswith("'"):
+        parts, i = [], 1
+        while True:
+            j = s.find("'", i)
+            if j < 0:
+                return _ODD
+            if s[j + 1 : j + 2] == "'":  # a doubled quote is a quote in the string
+                parts.append(s[i : j + 1])
+                i = j + 2
+                continue
+            parts.append(s[i:j])
+            rest = s[j + 1 :].lstrip(" ")
+            if rest and not rest.startswith("/"):
+                return _ODD
+            return "".join(parts).rstrip()  # trailing blanks are not significant
+    v = s.split("/", 1)[0].strip()
+    if v in ("T", "F"):
+        return v == "T"
+    if _INT.match(v):
+        return int(v)
+    if _FLOAT.match(v):
+        return float(v.replace("D", "E").replace("d", "e"))
+    return _ODD  # undefined or complex values, or not FITS at all
+
+
+def parse_header(blob: bytes, max_blocks: int = 40) -> tuple[FastHeader, int] | None:
+    """Keyword values of the first header in a FITS file's bytes and the byte offset of its data;
+    None when the header needs astropy (long strings, HIERARCH or odd cards, no END)."""
+    # astropy parses every card through several layers of Python and its configuration: for
+    # a night of a thousand exposures that is seconds spent before any pixel is measured.
+    if not blob.startswith(b"SIMPLE  ="):
+        return None
+    out = FastHeader()
+    for start in range(0, min(len(blob), 2880 * max_blocks) - 79, 80):
+        card = blob[start : start + 80]
+        if _UNPRINTABLE.search(card):
+            return None
+        key = card[:8].rstrip().decode("ascii").upper()
+        if key == "END":
+            return (out, (start // 2880 + 1) * 2880) if not card[8:].strip() else None
+        if card[8:10] != b"= ":
+            if key in ("CONTINUE", "HIERARCH") or card[:8] == b"HIERARCH":
+                return None
+            continue  # commentary cards: COMMENT, HISTORY, blank
+        value = _card_value(card[10:].decode("ascii"))
+        if value is _ODD:
+            return None
+        out.setdefault(key, value)
+    return None
+
+
+def _fast_image_header(path: str) -> FastHeader | None:
+    """The header of a file whose primary HDU is a whole 2-D image, without reading its pixels;
+    None for anything else (extensions, compressed or truncated files: astropy reads those)."""
+    with open(path, "rb") as fh:
+        blob = fh.read(2880 * 4)
+        if b"END" + b" " * 77 not in blob:
+            blob += fh.read(2880 * 36)
+        size = os.fstat(fh.fileno()).st_size
+    parsed = parse_header(blob)
+    if parsed is None:
+        return None
+    h, offset = parsed
+    try:
+        bitpix, naxis, nx, ny = (int(h[k]) for k in ("BITPIX", "NAXIS", "NAXIS1", "NAXIS2"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if h.get("SIMPLE") is not True or naxis != 2 or nx <= 0 or ny <= 0:
+        return None
+    if bitpix not in (8, 16, 32, 64, -32, -64) or "GROUPS" in h:
+        return None
+    nbytes = nx * ny * abs(bitpix) // 8
+    if size < offset + -(-nbytes // 2880) * 2880:  # truncated, or padding missing
+        return None
+    return h
+
+
 def plain_image(blob: bytes) -> np.ndarray | None:
     """float32 pixels of a FITS file's primary HDU when it is a plain 2-D image (BSCALE 1, BZERO
     0, or 32768 for 16-bit, no BLANK), read from its bytes; None for anything else (then
     astropy reads it). The same values as astropy's, at a fraction of the cost."""
-    if not blob.startswith(b"SIMPLE  ="):
+    parsed = parse_header(blob)
+    if parsed is None:
         return None
-    cards: dict[str, str] = {}
-    end = -1
-    for start in range(0, min(len(blob), 2880 * 40), 80):  # headers of up to 40 blocks
-        card = blob[start : start + 80]
-        key = card[:8].rstrip()
-        if key == b"END":
-            end = start
-            break
-        if card[8:10] == b"= " and key in (
-            b"SIMPLE", b"BITPIX", b"NAXIS", b"NAXIS1", b"NAXIS2", b"BZERO", b"BSCALE", b"BLANK",
-            b"GROUPS", b"PCOUNT", b"GCOUNT",
-        ):  # fmt: skip
-            cards[key.decode()] = card[10:].split(b"/")[0].strip().decode("ascii", "replace")
+    cards, offset = parsed
     try:
-        if end < 0 or cards.get("SIMPLE") != "T" or int(cards["NAXIS"]) != 2:
+        if cards.get("SIMPLE") is not True or int(cards["NAXIS"]) != 2:
             return None
         if {"BLANK", "GROUPS", "PCOUNT", "GCOUNT"} & cards.keys():
             return None
         bitpix, nx, ny = int(cards["BITPIX"]), int(cards["NAXIS1"]), int(cards["NAXIS2"])
-        bzero = float(cards.get("BZERO", "0").replace("D", "E"))
-        bscale = float(cards.get("BSCALE", "1").replace("D", "E"))
-    except (KeyError, ValueError):
+        bzero = float(cards.get("BZERO", 0))
+        bscale = float(cards.get("BSCALE", 1))
+    except (KeyError, TypeError, ValueError):
         return None
     if bitpix not in _PLAIN_DTYPES or bscale != 1.0 or bzero not in _PLAIN_BZERO[bitpix]:
         return None
-    offset = (end // 2880 + 1) * 2880
     count = nx * ny
     if nx <= 0 or ny <= 0 or offset + count * abs(bitpix) // 8 > len(blob):
         return None  # truncated: astropy says so in its own words
@@ -521,13 +665,8 @@ def ingest(
     overrides: dict[str, Any] | None = None,
     progress: Callable[[Any], None] | None = None,
 ) -> list[FrameInfo]:
-    """Read every exposure's header; return them sorted by mid-exposure time, bad ones last."""
-    infos = []
-    for p in paths:
-        infos.append(read_header(p, overrides))
-        if progress is not None:
-            progress(infos[-1])
-    return order_frames(infos)
+    """Read every exposure's header (progress gets each path); sorted by time, bad ones last."""
+    return order_frames(read_headers(paths, overrides, progress))
 
 
 def order_frames(infos: list[FrameInfo]) -> list[FrameInfo]:

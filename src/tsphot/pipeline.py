@@ -1030,10 +1030,7 @@ def _stages(
     overrides["profile"] = settings.profile
     # Calibration frames among the inputs are sorted out by their headers (IMAGETYP).
     progress = _progress(len(paths), settings.quiet, "reading headers")
-    headers = []
-    for p in paths:
-        headers.append(ingest.read_header(p, overrides))
-        progress(p)
+    headers = ingest.read_headers(paths, overrides, progress)
     progress(None)
     science, cal_found = calibrate.split_by_kind(headers)
     if cal_found and not science:
@@ -1215,7 +1212,7 @@ def calibrate_command(settings: Settings) -> dict[str, Any]:
         raise SettingsError("tsphot calibrate needs --library DIR (where the masters go)")
     paths = ingest.expand_inputs(settings.frames)
     overrides = {"profile": settings.profile, "gain": settings.gain}
-    infos = [ingest.read_header(p, overrides) for p in paths]
+    infos = ingest.read_headers(paths, overrides)
     science, cal = calibrate.split_by_kind(infos)
     cal += _given_calibration(settings)
     unknown = [i for i in science if i.kind != "light"]
