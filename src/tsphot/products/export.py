@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -57,7 +58,7 @@ ECSV_BLOCK_ROWS = 4096
 
 
 def _write_table(table: Table, path: Path, fmt: str) -> None:
-    if fmt == "ascii.ecsv" and len(table) > ECSV_BLOCK_ROWS:
+    if fmt == "ascii.ecsv":
         atomic_write(path, lambda tmp: write_ecsv_in_blocks(table, tmp))
     else:
         atomic_write(path, lambda tmp: table.write(tmp, format=fmt, overwrite=True))
@@ -76,11 +77,58 @@ def write_ecsv_in_blocks(table: Table, path: str | Path, rows: int = ECSV_BLOCK_
         return buf.getvalue()
 
     # the header and the line of column names: what a table without rows writes
-    n_head = len(text(table[:0]).splitlines(keepends=True))
+    head = text(table[:0])
+    n_head = len(head.splitlines(keepends=True))
     with open(path, "w", encoding="utf-8", newline="") as fh:
         for start in range(0, max(len(table), 1), rows):
-            lines = text(table[start : start + rows]).splitlines(keepends=True)
+            part = table[start : start + rows]
+            body = ecsv_body(part)
+            if body is not None:
+                fh.write(head if start == 0 else "")
+                fh.write(body)
+                continue
+            lines = text(part).splitlines(keepends=True)
             fh.writelines(lines if start == 0 else lines[n_head:])
+
+
+# astropy writes an empty string field as "" (csv alone would write nothing): the same marker
+_EMPTY = "\x00tsphot-empty\x00"
+
+
+def ecsv_body(table: Table) -> str | None:
+    """The data lines astropy's ECSV writer gives this table, or None where a column is not a
+    plain one-dimensional number, boolean or string column (then astropy must write it)."""
+    from astropy.table.serialize import represent_mixins_as_columns
+
+    # astropy formats every cell with str() through several layers of Python per cell (about
+    # 8 us); whole columns at once give the same text 3-4 times faster. Kept byte-identical
+    # (tests/test_exports.py compares the two writers).
+    plain = represent_mixins_as_columns(table)
+    cols = []
+    for c in plain.itercols():
+        v = np.asarray(c)
+        if v.ndim != 1 or getattr(c, "mask", None) is not None:
+            return None
+        kind = v.dtype.kind
+        if kind == "f" and v.dtype == np.float64:
+            cols.append(list(map(repr, v.tolist())))  # repr(float) is str(np.float64)
+        elif kind == "f" and v.dtype == np.float32:
+            cols.append(v.astype(str).tolist())  # float32's own shortest repr
+        elif kind in "iu":
+            cols.append(list(map(str, v.tolist())))
+        elif kind == "b":
+            cols.append(np.where(v, "True", "False").tolist())
+        elif kind == "U":
+            # astropy strips spaces and tabs off each value and quotes an empty one
+            cols.append([s.strip(" \t") or _EMPTY for s in v.tolist()])
+        else:
+            return None
+    buf = io.StringIO()
+    writer = csv.writer(
+        buf, delimiter=" ", quotechar='"', quoting=csv.QUOTE_MINIMAL, lineterminator="\n"
+    )
+    writer.writerows(zip(*cols, strict=True))
+    return buf.getvalue().replace(_EMPTY, '""')
 
 
 def results_table(
