@@ -407,7 +407,7 @@ def test_fast_header_parser_card_values(tmp_path):
         "UNDEF   =",
         "BROKEN  = 'no closing quote",
     ):
-        bad = "".join(c.ljust(80) for c in cards[:5] + [odd, "END"]).ljust(2880).encode()
+        bad = "".join(c.ljust(80) for c in [*cards[:5], odd, "END"]).ljust(2880).encode()
         assert ingest.parse_header(bad) is None, odd
 
 
