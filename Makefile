@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,parquet,api]'
+	# compile the numba kernels once, here, rather than in the first run or test
+	$(BIN)/python -c "from tsphot import kernels; kernels.warm()"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -32,6 +32,7 @@ DEPENDENCIES = (
     "astropy-iers-data",
     "photutils",
     "sep",
+    "numba",
     "batman-package",
 )
 
