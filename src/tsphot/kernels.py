@@ -1,4 +1,4 @@
-"""Compiled per-star kernels (numba): annulus pixels and statistics, peaks, frame checks.
+"""Compiled per-star kernels (numba): annulus pixels and statistics, aperture peaks.
 
 Each kernel computes exactly what the numpy code in `measure` it replaces computes (the tests
 compare them value for value); it exists because the numpy form, vectorised over a few dozen
@@ -186,24 +186,6 @@ def disc_max(
     return out
 
 
-@njit(cache=True, nogil=True)
-def finite_range(img: np.ndarray) -> tuple[int, float, float]:
-    """Number of pixels that are NaN or infinite, and the least and greatest finite values."""
-    bad = 0
-    lo, hi = np.inf, -np.inf
-    flat = img.ravel()
-    for k in range(flat.size):
-        v = flat[k]
-        if np.isfinite(v):
-            if v < lo:
-                lo = v
-            if v > hi:
-                hi = v
-        else:
-            bad += 1
-    return bad, float(lo), float(hi)
-
-
 def warm() -> None:
     """Compile (or load from numba's cache) every kernel for the pixel types tsphot measures."""
     x = np.array([8.0, 30.0])
@@ -214,5 +196,259 @@ def warm() -> None:
         vals, count, _ = ring_values(img, x, x, i, i, 3.0, 6.0, none, none, none)
         clip_sorted(np.sort(vals, axis=1), count, 3.0, 5)
         disc_max(img, x, x, i, i, 3.0)
-        finite_range(img)
     disc_max(np.zeros((40, 40), np.uint8), x, x, i, i, 3.0)
+
+
+@njit(cache=True, nogil=True)
+def _median_finite(v: np.ndarray) -> float:
+    """Median of the finite values of v (NaN if none), as measure.row_nanmedian has it."""
+    w = np.sort(v[np.isfinite(v)])
+    c = len(w)
+    if c == 0:
+        return np.nan
+    return 0.5 * (w[(c - 1) // 2] + w[c // 2])
+
+
+@njit(cache=True, nogil=True)
+def _smooth3(img: np.ndarray) -> np.ndarray:
+    """3x3 mean, 0 beyond the edges: a running sum along y, then along x, as scipy's
+    uniform_filter computes it (the same values within 1e-15)."""
+    s = img.shape[0]
+    tmp = np.empty_like(img)
+    out = np.empty_like(img)
+    for src, dst, along_y in ((img, tmp, True), (tmp, out, False)):
+        for line in range(s):
+            acc = 0.0
+            for k in range(-1, 2):
+                if 0 <= k < s:
+                    acc += src[k, line] if along_y else src[line, k]
+            acc /= 3.0
+            if along_y:
+                dst[0, line] = acc
+            else:
+                dst[line, 0] = acc
+            for k in range(1, s):
+                hi = src[k + 1, line] if (along_y and k + 1 < s) else 0.0
+                lo = src[k - 2, line] if (along_y and k - 2 >= 0) else 0.0
+                if not along_y:
+                    hi = src[line, k + 1] if k + 1 < s else 0.0
+                    lo = src[line, k - 2] if k - 2 >= 0 else 0.0
+                acc += (hi - lo) / 3.0
+                if along_y:
+                    dst[k, line] = acc
+                else:
+                    dst[line, k] = acc
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _isolate_one(
+    img: np.ndarray, py_all: np.ndarray, px_all: np.ndarray, jx: int, jy: int, reach: float
+) -> np.ndarray:
+    """The cutout with every other star's light removed around the star peaking at (jx, jy):
+    `measure._isolate` for one star (mirror deblending, then the Voronoi cut)."""
+    size = img.shape[0]
+    m = len(py_all)
+    qy = np.empty(m, np.int64)
+    qx = np.empty(m, np.int64)
+    n = 0
+    for q in range(m):
+        if py_all[q] != jy or px_all[q] != jx:
+            qy[n], qx[n] = py_all[q], px_all[q]
+            n += 1
+    # sub-pixel centre of each neighbour from a parabola through its peak row and column
+    cxq = np.empty(n)
+    cyq = np.empty(n)
+    for q in range(n):
+        b = img[qy[q], qx[q]]
+        a = img[qy[q], min(max(qx[q] - 1, 0), size - 1)]
+        c = img[qy[q], min(max(qx[q] + 1, 0), size - 1)]
+        den = a - 2 * b + c
+        step = 0.0
+        if 0 < qx[q] < size - 1 and den < 0:
+            step = 0.5 * (a - c) / den
+        cxq[q] = qx[q] + step
+        a = img[min(max(qy[q] - 1, 0), size - 1), qx[q]]
+        c = img[min(max(qy[q] + 1, 0), size - 1), qx[q]]
+        den = a - 2 * b + c
+        step = 0.0
+        if 0 < qy[q] < size - 1 and den < 0:
+            step = 0.5 * (a - c) / den
+        cyq[q] = qy[q] + step
+    r = int(np.ceil(reach))
+    out = np.zeros_like(img)
+    for oy in range(-r, r + 1):
+        for ox in range(-r, r + 1):
+            d_own = oy * oy + ox * ox
+            if d_own > reach * reach:
+                continue
+            py, px = jy + oy, jx + ox
+            if py < 0 or py >= size or px < 0 or px >= size:
+                continue
+            own = img[py, px]
+            # Voronoi: a pixel nearer another peak than ours carries none of our star's light
+            nearer = False
+            for q in range(n):
+                if (py - qy[q]) ** 2 + (px - qx[q]) ** 2 < d_own:
+                    nearer = True
+                    break
+            if nearer:
+                continue
+            light = 0.0
+            if own > 0:
+                for q in range(n):
+                    my, mx = 2 * cyq[q] - jy, 2 * cxq[q] - jx
+                    gy = max(-my, 0.0) + max(my - (size - 1), 0.0)
+                    gx = max(-mx, 0.0) + max(mx - (size - 1), 0.0)
+                    if np.hypot(gy, gx) > reach + 1.0:
+                        continue  # its mirror of our star's disc lies wholly off the cutout
+                    y = 2 * cyq[q] - py
+                    x = 2 * cxq[q] - px
+                    val = 0.0
+                    if 0 <= y <= size - 1 and 0 <= x <= size - 1:
+                        y0 = min(max(int(np.floor(y)), 0), max(size - 2, 0))
+                        x0 = min(max(int(np.floor(x)), 0), max(size - 2, 0))
+                        fy, fx = y - y0, x - x0
+                        y1, x1 = min(y0 + 1, size - 1), min(x0 + 1, size - 1)
+                        val = (img[y0, x0] * (1 - fx) + img[y0, x1] * fx) * (1 - fy) + (
+                            img[y1, x0] * (1 - fx) + img[y1, x1] * fx
+                        ) * fy
+                    light += max(min(val, own), 0.0)
+            out[py, px] = own - light
+    return out
+
+
+@njit(cache=True, nogil=True)
+def centroids(
+    data: np.ndarray,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    ix: np.ndarray,
+    iy: np.ndarray,
+    half: int,
+    pad: int,
+    rw: float,
+    fw: float,
+    windowed: bool,
+    reach: float,
+    hb: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centre (px) of the star nearest each prediction, whether one was found, and its
+    signal-to-noise: `measure.recentre`'s "com" and "windowed" methods, star by star."""
+    n = len(x0)
+    ny, nx = data.shape
+    size = 2 * pad + 1
+    xc = np.full(n, np.nan)
+    yc = np.full(n, np.nan)
+    found = np.zeros(n, np.bool_)
+    snr = np.full(n, np.nan)
+    cut = np.empty((size, size))
+    ring = np.empty(4 * (size - 1))
+    py_all = np.empty(size * size, np.int64)
+    px_all = np.empty(size * size, np.int64)
+    w = 2 * hb + 1
+    for i in range(n):
+        for a in range(size):
+            gy = iy[i] - pad + a
+            for b in range(size):
+                gx = ix[i] - pad + b
+                if gy < 0 or gy >= ny or gx < 0 or gx >= nx:
+                    cut[a, b] = np.nan
+                else:
+                    cut[a, b] = data[gy, gx]
+        # background and noise from the box's border ring (a median: robust to a neighbour)
+        k = 0
+        for b in range(size):
+            ring[k] = cut[0, b]
+            ring[k + 1] = cut[size - 1, b]
+            k += 2
+        for a in range(1, size - 1):
+            ring[k] = cut[a, 0]
+            ring[k + 1] = cut[a, size - 1]
+            k += 2
+        bg = _median_finite(ring)
+        noise = 1.4826 * _median_finite(np.abs(ring - bg)) + 1e-6
+        fill = cut - bg
+        fill = np.where(np.isfinite(fill), fill, 0.0)
+        smooth = _smooth3(fill)
+        # peaks: 3x3 maxima of the smoothed cutout (0 beyond its edges) above the noise
+        n_peaks = 0
+        best, bd = -1, np.inf
+        for a in range(size):
+            for b in range(size):
+                v = smooth[a, b]
+                if not v > noise:
+                    continue
+                top = v
+                for da in range(-1, 2):
+                    for db in range(-1, 2):
+                        aa, bb = a + da, b + db
+                        nb = smooth[aa, bb] if 0 <= aa < size and 0 <= bb < size else 0.0
+                        if nb > top:
+                            top = nb
+                if v != top:
+                    continue
+                py_all[n_peaks], px_all[n_peaks] = a, b
+                n_peaks += 1
+                # the peak nearest the prediction, within the box (first of equals, row-major)
+                if pad - half <= a <= pad + half and pad - half <= b <= pad + half:
+                    ddx = (b - pad) + (ix[i] - x0[i])
+                    ddy = (a - pad) + (iy[i] - y0[i])
+                    if abs(ddx) <= half and abs(ddy) <= half:
+                        d2 = ddx * ddx + ddy * ddy
+                        if d2 < bd:
+                            bd, best = d2, a * size + b
+        if best < 0 or not (np.isfinite(x0[i]) and np.isfinite(y0[i])):
+            continue
+        found[i] = True
+        jy, jx = best // size, best % size
+        if n_peaks > 1:
+            fill = _isolate_one(fill, py_all[:n_peaks], px_all[:n_peaks], jx, jy, reach)
+        ox0 = min(max(jx - hb, 0), 2 * (pad - hb))
+        oy0 = min(max(jy - hb, 0), 2 * (pad - hb))
+        win = fill[oy0 : oy0 + w, ox0 : ox0 + w]
+        cx, cy = float(jx - ox0), float(jy - oy0)
+        if windowed:
+            sig2 = (fw / 2.3548) ** 2
+            for _ in range(10):
+                s = sx = sy = 0.0
+                for a in range(w):
+                    for b in range(w):
+                        r2 = (b - cx) ** 2 + (a - cy) ** 2
+                        if r2 <= 16.0 * sig2:
+                            wt = np.exp(-0.5 * r2 / sig2) * win[a, b]
+                            s += wt
+                            sx += wt * (b - cx)
+                            sy += wt * (a - cy)
+                dx = dy = 0.0
+                if s > 0:
+                    dx = min(max(2.0 * sx / s, -1.0), 1.0)
+                    dy = min(max(2.0 * sy / s, -1.0), 1.0)
+                    if not (np.isfinite(dx) and np.isfinite(dy)):
+                        dx = dy = 0.0
+                cx, cy = cx + dx, cy + dy
+                if np.hypot(dx, dy) < 1e-4:
+                    break
+        else:
+            for _ in range(3):  # centre of mass, the window following the estimate
+                s = sx = sy = 0.0
+                for a in range(w):
+                    for b in range(w):
+                        if (b - cx) ** 2 + (a - cy) ** 2 <= rw * rw and win[a, b] > 3 * noise:
+                            s += win[a, b]
+                            sx += win[a, b] * b
+                            sy += win[a, b] * a
+                if s > 0:
+                    cx, cy = sx / s, sy / s
+        # signal-to-noise of the star within rw of its centre
+        s = 0.0
+        cnt = 0
+        for a in range(w):
+            for b in range(w):
+                if (b - cx) ** 2 + (a - cy) ** 2 <= rw * rw:
+                    s += win[a, b]
+                    cnt += 1
+        snr[i] = s / (noise * np.sqrt(cnt)) if cnt > 0 else np.nan
+        xc[i] = ix[i] - pad + (cx + ox0)
+        yc[i] = iy[i] - pad + (cy + oy0)
+    return xc, yc, found, snr

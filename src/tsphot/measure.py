@@ -101,6 +101,65 @@ def recentre(
     capture the aperture. Its centre is then measured in a window of 1.5 FWHM around it by
     `method`: "com" (centre of mass of the pixels above 3 sigma), "windowed" (Gaussian-weighted
     iteration, as SExtractor's XWIN) or "gauss" (2-D Gaussian fit, photutils.centroid_2dg).
+    Neighbours in the cutout are first removed by symmetry (deblending). A result further
+    than `max_shift` px from the prediction, or a star whose window holds less than `min_snr`
+    sigma, leaves the prediction unchanged (third return value False).
+    """
+    if method not in CENTROID_METHODS:
+        raise ValueError(f"centroid method {method!r}: choose one of {CENTROID_METHODS}")
+    if method == "gauss":
+        return recentre_reference(data, x, y, box, max_shift, min_snr, method=method, fwhm=fwhm)
+    from tsphot import kernels
+
+    x0 = np.ascontiguousarray(x, float)
+    y0 = np.ascontiguousarray(y, float)
+    if len(x0) == 0:
+        return x0.copy(), y0.copy(), np.zeros(0, bool)
+    fw = float(fwhm) if fwhm is not None and np.isfinite(fwhm) and fwhm > 0 else 3.0
+    rw = max(1.5 * fw, 2.5)
+    half = max(box // 2, 1)
+    pad = half + 3 * int(np.ceil(rw))  # room for the mirror images of near neighbours
+    ny, nx = data.shape
+    ix = np.clip(np.round(np.nan_to_num(x0)).astype(np.int64), -1, nx)
+    iy = np.clip(np.round(np.nan_to_num(y0)).astype(np.int64), -1, ny)
+    # the centroid window (1.5 FWHM; 4 sigma for "windowed") around a centre up to 3 px away
+    window = max(rw, 4.0 * fw / 2.3548) if method == "windowed" else rw
+    hb = min(int(np.ceil(max(rw, 4.0 * fw / 2.3548))) + 4, pad - half)
+    xc, yc, found, snr = kernels.centroids(
+        data, x0, y0, ix, iy, half, pad, rw, fw, method == "windowed", window + 3.0, hb
+    )
+    with np.errstate(invalid="ignore"):
+        moved = (
+            found
+            & np.isfinite(xc)
+            & np.isfinite(yc)
+            & (snr >= min_snr)
+            & (np.hypot(xc - x0, yc - y0) <= max_shift)
+        )
+    return np.where(moved, xc, x0), np.where(moved, yc, y0), moved
+
+
+def recentre_reference(
+    data: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    box: int = 11,
+    max_shift: float = 3.0,
+    min_snr: float = 20.0,
+    *,
+    method: str = "com",
+    fwhm: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """recentre in plain numpy: the reference the compiled kernel is tested against, and the
+    "gauss" method's path.
+
+    Centroid (px) of the star nearest each prediction; keeps the prediction if faint or far.
+
+    Within a box of `box` px around the prediction, the local maximum nearest the prediction
+    (not the brightest one) is taken as the star, so a brighter neighbour in the box cannot
+    capture the aperture. Its centre is then measured in a window of 1.5 FWHM around it by
+    `method`: "com" (centre of mass of the pixels above 3 sigma), "windowed" (Gaussian-weighted
+    iteration, as SExtractor's XWIN) or "gauss" (2-D Gaussian fit, photutils.centroid_2dg).
     A result further than `max_shift` px from the prediction, or a star whose window holds
     less than `min_snr` sigma, leaves the prediction unchanged (third return value False).
     """
@@ -663,11 +722,13 @@ def measure_stars(
     sky_method: str = "median",
     mask_xy: np.ndarray | None = None,
     mask_radius: float | np.ndarray = 0.0,
+    finite: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """Aperture photometry of stars at (x, y): flux and error (e-) per radius, sky, peak, flags.
 
     The sky is the `sky_method` estimator ("median", "mean" or "mode") of the annulus pixels,
     with pixels within `mask_radius` px of the positions `mask_xy` (other stars) left out.
+    `finite` says whether every pixel of data is finite, when the caller knows (else checked).
     """
     if sky_method not in SKY_METHODS:
         raise ValueError(f"sky method {sky_method!r}: choose one of {SKY_METHODS}")
@@ -686,7 +747,7 @@ def measure_stars(
     if img.dtype not in (np.float32, np.float64):
         img = img.astype(np.float64)
     mask = None
-    if not all_finite(img):
+    if not (finite if finite is not None else all_finite(img)):
         finite = np.isfinite(img)
         mask = ~finite
         img = np.where(finite, img, img.dtype.type(0))

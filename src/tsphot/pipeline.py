@@ -184,15 +184,16 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
             raise FrameError(
                 f"{info.path}: frame size {raw.shape[::-1]} differs from {plan.shape[::-1]}"
             )
-        if not measure.all_finite(raw):
+        lo, hi = raw.min(), raw.max()  # (a NaN or an infinity shows in one of them)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             finite = np.isfinite(raw)
             if finite.sum() < 0.5 * raw.size:
                 raise FrameError(
                     f"{info.path}: {100 * (1 - finite.mean()):.0f} % of the pixels are NaN or "
                     f"infinite ({_region(~finite)}); check the camera software's output"
                 )
-        hi = np.nanmax(raw)
-        if np.nanmin(raw) == hi:  # (cheaper than a standard deviation of every pixel)
+            lo, hi = np.nanmin(raw), np.nanmax(raw)
+        if lo == hi:  # (cheaper than a standard deviation of every pixel)
             raise FrameError(f"{info.path}: image is constant ({hi} ADU); empty frame")
         masters = _masters(plan.masters_by_frame.get(info.index, plan.masters_file))
         data, steps = calibrate.calibrate_frame(
@@ -205,6 +206,7 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
             read_noise=plan.read_noise,
         )
         raw = calibrate.trim(raw, info.sections)  # the raw peak, over the same pixels
+        finite = measure.all_finite(data)  # (once per frame: each check reads every pixel)
         if plan.save_calibrated:
             name = Path(info.path).name.split(".fit")[0] + "_cal.fits"
             calibrate.write_calibrated(
@@ -257,6 +259,7 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
             sky_method=plan.sky_method,
             mask_xy=mask_xy,
             mask_radius=mask_r,
+            finite=finite,
         )
         cols = res.columns
         cols.update({k: m[k] for k in m})
@@ -272,13 +275,16 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         if not np.isfinite(info.jd_utc_mid):
             st[moving] = "no_time"  # a moving target cannot be placed without the time
         st[(st == "ok") & ~np.isfinite(m["flux"][:, 0])] = "no_flux"
-        _flag_nonfinite(data, x, y, max(plan.apertures.radii), st, cols)
+        if not finite:
+            _flag_nonfinite(data, x, y, max(plan.apertures.radii), st, cols)
         cols["obj_status"] = st
         if plan.field_xy is not None and len(plan.field_xy):
             cols.update(_measure_field(data, raw, tr, plan, mask_xy, mask_r))
         if plan.sky_xy is not None and len(plan.sky_xy):
             cols.update(
-                _measure_sky(data, raw, tr, plan, aps, res.fwhm, masters.bad, mask_xy, mask_r)
+                _measure_sky(
+                    data, raw, tr, plan, aps, res.fwhm, masters.bad, mask_xy, mask_r, finite
+                )
             )
     except (FrameError, InputError) as exc:
         res.status = "unregistered" if "register" in str(exc) else "bad_frame"
@@ -329,8 +335,6 @@ def _flag_nonfinite(
 ) -> None:
     """Objects with NaN/inf pixels in their aperture: status bad_pixels and where they are.
     The aperture sums skip such pixels, so the flux would be low without a word."""
-    if measure.all_finite(data):
-        return
     bad = ~np.isfinite(data)
     ny, nx = data.shape
     reasons = np.array([""] * len(x), dtype=object)
@@ -396,6 +400,7 @@ def _measure_sky(
     bad_mask: np.ndarray | None,
     mask_xy: np.ndarray | None,
     mask_radius: float | np.ndarray,
+    finite: bool | None = None,
 ) -> dict:
     """Empty-sky apertures: placed by the frame's transform and measured as the stars are
     (same apertures, annulus sky, masks and cleaning), but never recentred: no star to find."""
@@ -405,7 +410,7 @@ def _measure_sky(
     m = measure.measure_stars(
         data, x, y, aps, plan.gain, raw=raw, saturation=plan.saturation, fwhm=fwhm,
         clean_cosmics=plan.clean_cosmics, bad_mask=bad_mask, sky_method=plan.sky_method,
-        mask_xy=mask_xy, mask_radius=mask_radius,
+        mask_xy=mask_xy, mask_radius=mask_radius, finite=finite,
     )  # fmt: skip
     st = np.array(["ok"] * len(x), dtype=object)
     st[(x < r_out) | (x > nx - 1 - r_out) | (y < r_out) | (y > ny - 1 - r_out)] = "near_edge"
