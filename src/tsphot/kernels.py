@@ -1,4 +1,4 @@
-"""Compiled per-star kernels (numba): annulus pixels and statistics, aperture peaks.
+"""Compiled kernels (numba): annulus statistics, centroids, aperture peaks, calibration.
 
 Each kernel computes exactly what the numpy code in `measure` it replaces computes (the tests
 compare them value for value); it exists because the numpy form, vectorised over a few dozen
@@ -197,48 +197,83 @@ def warm() -> None:
         clip_sorted(np.sort(vals, axis=1), count, 3.0, 5)
         disc_max(img, x, x, i, i, 3.0)
     disc_max(np.zeros((40, 40), np.uint8), x, x, i, i, 3.0)
+    img = np.ones((40, 40), np.float32)
+    bias_dark_flat(img, img, img, img)
+    centroids(img, x, x, i, i, 5, 11, 2.5, 3.0, False, 5.5, 9)
 
 
 @njit(cache=True, nogil=True)
-def _median_finite(v: np.ndarray) -> float:
+def _select(a: np.ndarray, n: int, kth: int) -> float:
+    """The kth smallest of a[:n] (Wirth's selection; a[:n] is reordered around it)."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        x = a[kth]
+        i, j = lo, hi
+        while True:
+            while a[i] < x:
+                i += 1
+            while x < a[j]:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+            if i > j:
+                break
+        if j < kth:
+            lo = i
+        if kth < i:
+            hi = j
+    return a[kth]
+
+
+@njit(cache=True, nogil=True)
+def _median_finite(v: np.ndarray, work: np.ndarray) -> float:
     """Median of the finite values of v (NaN if none), as measure.row_nanmedian has it."""
-    w = np.sort(v[np.isfinite(v)])
-    c = len(w)
+    c = 0
+    for x in v:
+        if np.isfinite(x):
+            work[c] = x
+            c += 1
     if c == 0:
         return np.nan
-    return 0.5 * (w[(c - 1) // 2] + w[c // 2])
+    a = _select(work, c, (c - 1) // 2)
+    if c % 2:
+        return a
+    b = np.inf  # the next value up: the least of those the selection left above it
+    for i in range((c - 1) // 2 + 1, c):
+        if work[i] < b:
+            b = work[i]
+    return 0.5 * (a + b)
 
 
 @njit(cache=True, nogil=True)
-def _smooth3(img: np.ndarray) -> np.ndarray:
-    """3x3 mean, 0 beyond the edges: a running sum along y, then along x, as scipy's
+def _smooth3(img: np.ndarray, tmp: np.ndarray, out: np.ndarray) -> None:
+    """3x3 mean into out, 0 beyond the edges: a running sum along y, then along x, as scipy's
     uniform_filter computes it (the same values within 1e-15)."""
     s = img.shape[0]
-    tmp = np.empty_like(img)
-    out = np.empty_like(img)
-    for src, dst, along_y in ((img, tmp, True), (tmp, out, False)):
-        for line in range(s):
-            acc = 0.0
-            for k in range(-1, 2):
-                if 0 <= k < s:
-                    acc += src[k, line] if along_y else src[line, k]
-            acc /= 3.0
-            if along_y:
-                dst[0, line] = acc
-            else:
-                dst[line, 0] = acc
-            for k in range(1, s):
-                hi = src[k + 1, line] if (along_y and k + 1 < s) else 0.0
-                lo = src[k - 2, line] if (along_y and k - 2 >= 0) else 0.0
-                if not along_y:
-                    hi = src[line, k + 1] if k + 1 < s else 0.0
-                    lo = src[line, k - 2] if k - 2 >= 0 else 0.0
-                acc += (hi - lo) / 3.0
-                if along_y:
-                    dst[k, line] = acc
-                else:
-                    dst[line, k] = acc
-    return out
+    for line in range(s):  # along y, column by column
+        acc = 0.0 + img[0, line]
+        if s > 1:
+            acc += img[1, line]
+        acc /= 3.0
+        tmp[0, line] = acc
+        for k in range(1, s):
+            hi = img[k + 1, line] if k + 1 < s else 0.0
+            lo = img[k - 2, line] if k >= 2 else 0.0
+            acc += (hi - lo) / 3.0
+            tmp[k, line] = acc
+    for line in range(s):  # along x, row by row
+        acc = 0.0 + tmp[line, 0]
+        if s > 1:
+            acc += tmp[line, 1]
+        acc /= 3.0
+        out[line, 0] = acc
+        for k in range(1, s):
+            hi = tmp[line, k + 1] if k + 1 < s else 0.0
+            lo = tmp[line, k - 2] if k >= 2 else 0.0
+            acc += (hi - lo) / 3.0
+            out[line, k] = acc
 
 
 @njit(cache=True, nogil=True)
@@ -344,6 +379,9 @@ def centroids(
     snr = np.full(n, np.nan)
     cut = np.empty((size, size))
     ring = np.empty(4 * (size - 1))
+    work = np.empty_like(ring)
+    tmp = np.empty((size, size))
+    smooth = np.empty((size, size))
     py_all = np.empty(size * size, np.int64)
     px_all = np.empty(size * size, np.int64)
     w = 2 * hb + 1
@@ -366,11 +404,16 @@ def centroids(
             ring[k] = cut[a, 0]
             ring[k + 1] = cut[a, size - 1]
             k += 2
-        bg = _median_finite(ring)
-        noise = 1.4826 * _median_finite(np.abs(ring - bg)) + 1e-6
-        fill = cut - bg
-        fill = np.where(np.isfinite(fill), fill, 0.0)
-        smooth = _smooth3(fill)
+        bg = _median_finite(ring, work)
+        for k in range(len(ring)):
+            ring[k] = abs(ring[k] - bg)
+        noise = 1.4826 * _median_finite(ring, work) + 1e-6
+        fill = np.empty((size, size))
+        for a in range(size):
+            for b in range(size):
+                v = cut[a, b] - bg
+                fill[a, b] = v if np.isfinite(v) else 0.0
+        _smooth3(fill, tmp, smooth)
         # peaks: 3x3 maxima of the smoothed cutout (0 beyond its edges) above the noise
         n_peaks = 0
         best, bd = -1, np.inf
@@ -452,3 +495,17 @@ def centroids(
         xc[i] = ix[i] - pad + (cx + ox0)
         yc[i] = iy[i] - pad + (cy + oy0)
     return xc, yc, found, snr
+
+
+@njit(cache=True, nogil=True)
+def bias_dark_flat(
+    raw: np.ndarray, bias: np.ndarray, dark: np.ndarray, flat: np.ndarray
+) -> np.ndarray:
+    """(raw - bias - dark) / flat in one pass over float32 frames: numpy's three passes (each
+    rounded to float32 in turn, so the same values), without two of the frame's round trips."""
+    ny, nx = raw.shape
+    out = np.empty((ny, nx), np.float32)
+    for i in range(ny):
+        for j in range(nx):
+            out[i, j] = ((raw[i, j] - bias[i, j]) - dark[i, j]) / flat[i, j]
+    return out
