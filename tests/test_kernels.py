@@ -88,27 +88,3 @@ def test_recentre_equals_the_numpy_reference(method):
         np.testing.assert_allclose(got[0], ref[0], rtol=0, atol=tol)
         np.testing.assert_allclose(got[1], ref[1], rtol=0, atol=tol)
         assert got[2].sum() > 60
-
-
-def test_fused_calibration_equals_the_three_numpy_steps(tmp_path):
-    # bias, dark and flat in one compiled pass: bit for bit numpy's float32 steps
-    from tsphot import calibrate, kernels
-
-    rng = np.random.default_rng(2)
-    raw = rng.normal(1500, 40, (64, 80)).astype(np.float32)
-    bias = rng.normal(1000, 3, raw.shape).astype(np.float32)
-    dark = rng.normal(30, 2, raw.shape).astype(np.float32)
-    flat = rng.uniform(0.7, 1.3, raw.shape).astype(np.float32)
-    ref = np.subtract(raw, bias, out=np.empty(raw.shape, np.float32))
-    ref -= dark
-    ref /= flat
-    got = kernels.bias_dark_flat(raw, bias, dark, flat)
-    assert got.dtype == np.float32 and np.array_equal(got, ref)
-    # and calibrate_frame takes it only when every array is float32
-    info = calibrate.FrameInfo(path="x.fits", exptime=2.0)
-    m = calibrate.Masters(bias=bias, dark_rate=dark / np.float32(2.0), flat=flat)
-    fast, _ = calibrate.calibrate_frame(raw, info, m)
-    m64 = calibrate.Masters(bias=bias.astype(np.float64), dark_rate=m.dark_rate, flat=flat)
-    slow, _ = calibrate.calibrate_frame(raw, info, m64)
-    np.testing.assert_allclose(fast, slow, rtol=1e-6)
-    assert np.array_equal(fast, kernels.bias_dark_flat(raw, bias, m.dark_for(2.0), flat))

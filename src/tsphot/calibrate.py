@@ -943,31 +943,15 @@ def calibrate_frame(
     steps += st
     _check_shape_master(data, masters, info.path)
     ch = masters.choice
-    fused = (
-        masters.bias is not None
-        and masters.dark_rate is not None
-        and masters.flat is not None
-        and all(
-            a.dtype == np.float32 for a in (data, masters.bias, masters.dark_rate, masters.flat)
-        )
-    )
-    if fused:  # the usual night: one compiled pass gives the three steps' float32 values
-        from tsphot import kernels
-
-        data = kernels.bias_dark_flat(
-            data, masters.bias, masters.dark_for(info.exptime), masters.flat
-        )
     if masters.bias is not None:
         # into a new float32 frame in one pass (as a copy, then data -= bias, would give)
-        if not fused:
-            data = np.subtract(data, masters.bias, out=np.empty(data.shape, np.float32))
+        data = np.subtract(data, masters.bias, out=np.empty(data.shape, np.float32))
         src = ch.get("dark") if ch.get("dark", {}).get("bias_included") else ch.get("bias")
         steps.append({"step": "subtract_bias", "master": (src or {}).get("file")})
     else:
         data = data.astype(np.float32, copy=True)
     if masters.dark_rate is not None:
-        if not fused:
-            data -= masters.dark_for(info.exptime)
+        data -= masters.dark_for(info.exptime)
         d = ch.get("dark", {})
         steps.append(
             {
@@ -979,8 +963,7 @@ def calibrate_frame(
             }
         )
     if masters.flat is not None:
-        if not fused:
-            data /= masters.flat
+        data /= masters.flat
         steps.append({"step": "flat_correct", "master": ch.get("flat", {}).get("file")})
     if lacosmic:
         data, n_cr = clean_lacosmic(data, gain or 1.0, read_noise or 0.0)

@@ -1,4 +1,4 @@
-"""Compiled kernels (numba): annulus statistics, centroids, aperture peaks, calibration.
+"""Compiled per-star kernels (numba): annulus statistics, centroids, aperture peaks.
 
 Each kernel computes exactly what the numpy code in `measure` it replaces computes (the tests
 compare them value for value); it exists because the numpy form, vectorised over a few dozen
@@ -198,7 +198,6 @@ def warm() -> None:
         disc_max(img, x, x, i, i, 3.0)
     disc_max(np.zeros((40, 40), np.uint8), x, x, i, i, 3.0)
     img = np.ones((40, 40), np.float32)
-    bias_dark_flat(img, img, img, img)
     centroids(img, x, x, i, i, 5, 11, 2.5, 3.0, False, 5.5, 9)
 
 
@@ -495,17 +494,3 @@ def centroids(
         xc[i] = ix[i] - pad + (cx + ox0)
         yc[i] = iy[i] - pad + (cy + oy0)
     return xc, yc, found, snr
-
-
-@njit(cache=True, nogil=True)
-def bias_dark_flat(
-    raw: np.ndarray, bias: np.ndarray, dark: np.ndarray, flat: np.ndarray
-) -> np.ndarray:
-    """(raw - bias - dark) / flat in one pass over float32 frames: numpy's three passes (each
-    rounded to float32 in turn, so the same values), without two of the frame's round trips."""
-    ny, nx = raw.shape
-    out = np.empty((ny, nx), np.float32)
-    for i in range(ny):
-        for j in range(nx):
-            out[i, j] = ((raw[i, j] - bias[i, j]) - dark[i, j]) / flat[i, j]
-    return out
