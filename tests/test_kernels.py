@@ -88,3 +88,29 @@ def test_recentre_equals_the_numpy_reference(method):
         np.testing.assert_allclose(got[0], ref[0], rtol=0, atol=tol)
         np.testing.assert_allclose(got[1], ref[1], rtol=0, atol=tol)
         assert got[2].sum() > 60
+
+
+def test_binning_cell_medians_and_brightest_pixel_equal_numpy():
+    # the registration's binned frame, its mesh medians and the brightest pixel near each
+    # binned peak: the same values as detect's numpy code
+    from tsphot import detect, kernels
+
+    rng = np.random.default_rng(4)
+    img, _, _ = _crowded(rng, shape=(203, 258))
+    img = np.nan_to_num(img, nan=300.0).astype(np.float32)
+    b = 4
+    nby, nbx = img.shape[0] // b, img.shape[1] // b
+    blk = kernels.bin_mean(img, b)
+    assert np.array_equal(blk, detect._bin(img[: nby * b, : nbx * b], b))
+    my, mx, sy, sx = 5, 6, 10, 10
+    cells = blk[: my * sy, : mx * sx].reshape(my, sy, mx, sx)[:, ::2, :, ::2]
+    ref = np.median(cells.transpose(0, 2, 1, 3).reshape(my, mx, -1), axis=2)
+    assert np.array_equal(kernels.cell_medians(blk, my, mx, sy, sx), ref)
+    img[10, :] = np.nan
+    cx = rng.integers(-3, img.shape[1] + 3, 80)
+    cy = np.r_[rng.integers(-3, img.shape[0] + 3, 79), 10]
+    iy, ix, top = kernels.brightest_near(img, cx, cy, 4)
+    win = measure._cutouts(img, cx, cy, 4)
+    flat = np.nan_to_num(win, nan=-np.inf).reshape(len(cx), -1).argmax(axis=1)
+    assert np.array_equal(iy, cy + flat // 9 - 4) and np.array_equal(ix, cx + flat % 9 - 4)
+    np.testing.assert_array_equal(top, win.reshape(len(cx), -1)[np.arange(len(cx)), flat])

@@ -184,7 +184,14 @@ def bright_sources(
     nby, nbx = ny // b, nx // b
     if nby < 3 or nbx < 3:
         return find_sources(data, nsigma, saturation=saturation, max_sources=max_sources)
-    blk = _bin(data[: nby * b, : nbx * b], b)
+    from tsphot import kernels
+
+    # (the kernel repeats _bin's float32 sums in their order: the same values)
+    blk = (
+        kernels.bin_mean(data, b)
+        if data.dtype == np.float32
+        else _bin(data[: nby * b, : nbx * b], b)
+    )
     bad = ~np.isfinite(blk)
     if bad.all():
         return Sources(*(np.empty(0) for _ in range(4)), np.nan, np.nan, np.nan)
@@ -207,12 +214,11 @@ def bright_sources(
     cy, cx = cy[order], cx[order]
     # The brightest pixel near each binned peak, then a box around it at full resolution.
     half_s = b // 2 + 2
-    win = _cutouts(data, cx * b + b // 2, cy * b + b // 2, half_s)
-    flat = np.nan_to_num(win, nan=-np.inf).reshape(len(cx), -1).argmax(axis=1)
-    iy = cy * b + b // 2 + flat // (2 * half_s + 1) - half_s
-    ix = cx * b + b // 2 + flat % (2 * half_s + 1) - half_s
+    iy, ix, top = kernels.brightest_near(
+        data, (cx * b + b // 2).astype(np.int64), (cy * b + b // 2).astype(np.int64), half_s
+    )
     bg = back_b[np.clip(iy // b, 0, nby - 1), np.clip(ix // b, 0, nbx - 1)]
-    bright = win.reshape(len(cx), -1)[np.arange(len(cx)), flat] - bg > nsigma * rms
+    bright = top - bg > nsigma * rms
     key = np.unique(iy[bright] * (nx + 2) + ix[bright])  # one per brightest pixel
     iy, ix = key // (nx + 2), key % (nx + 2)
     half = 7
@@ -282,8 +288,13 @@ def _mesh_background(img: np.ndarray, mesh: int, median_filter) -> tuple[np.ndar
     my, mx = max(ny // mesh, 1), max(nx // mesh, 1)
     sy, sx = ny // my, nx // mx
     # every other pixel of each box: its median as good, at a quarter of the cost
-    cells = img[: my * sy, : mx * sx].reshape(my, sy, mx, sx)[:, ::2, :, ::2].transpose(0, 2, 1, 3)
-    med = np.median(cells.reshape(my, mx, -1), axis=2)
+    if img.dtype == np.float32 and np.isfinite(img).all():
+        from tsphot import kernels
+
+        med = kernels.cell_medians(img, my, mx, sy, sx)
+    else:
+        cells = img[: my * sy, : mx * sx].reshape(my, sy, mx, sx)[:, ::2, :, ::2]
+        med = np.median(cells.transpose(0, 2, 1, 3).reshape(my, mx, -1), axis=2)
     if my >= 3 and mx >= 3:
         med = median_filter(med, size=3, mode="nearest")
 

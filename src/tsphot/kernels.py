@@ -1,4 +1,4 @@
-"""Compiled per-star kernels (numba): annulus statistics, centroids, aperture peaks.
+"""Compiled kernels (numba): annulus statistics, centroids, aperture peaks, bright stars.
 
 Each kernel computes exactly what the numpy code in `measure` it replaces computes (the tests
 compare them value for value); it exists because the numpy form, vectorised over a few dozen
@@ -198,6 +198,8 @@ def warm() -> None:
         disc_max(img, x, x, i, i, 3.0)
     disc_max(np.zeros((40, 40), np.uint8), x, x, i, i, 3.0)
     img = np.ones((40, 40), np.float32)
+    cell_medians(bin_mean(img, 4), 2, 2, 5, 5)
+    brightest_near(img, i, i, 3)
     centroids(img, x, x, i, i, 5, 11, 2.5, 3.0, False, 5.5, 9)
 
 
@@ -494,3 +496,86 @@ def centroids(
         xc[i] = ix[i] - pad + (cx + ox0)
         yc[i] = iy[i] - pad + (cy + oy0)
     return xc, yc, found, snr
+
+
+@njit(cache=True, nogil=True)
+def bin_mean(img: np.ndarray, b: int) -> np.ndarray:
+    """Mean of each b x b block of a float32 image in numpy's order of float32 sums
+    (`detect._bin`: rows first, then columns), in one pass over the frame."""
+    nby, nbx = img.shape[0] // b, img.shape[1] // b
+    out = np.empty((nby, nbx), np.float32)
+    rows = np.empty(img.shape[1], np.float32)
+    scale = np.float32(b * b)
+    w = nbx * b
+    for i in range(nby):
+        for c in range(w):
+            rows[c] = img[i * b, c]
+        for k in range(1, b):  # whole rows at a time: the loop over c vectorises
+            for c in range(w):
+                rows[c] += img[i * b + k, c]
+        for j in range(nbx):
+            acc = rows[j * b]
+            for k in range(1, b):
+                acc = acc + rows[j * b + k]
+            out[i, j] = acc / scale
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _median32(work: np.ndarray, c: int) -> np.float32:
+    """np.median of the float32 values work[:c] (reordered): the middle one, or the float32
+    mean of the middle two, as numpy computes it."""
+    a = _select(work, c, (c - 1) // 2)
+    if c % 2:
+        return a
+    b = work[(c - 1) // 2 + 1]
+    for i in range((c - 1) // 2 + 1, c):
+        if work[i] < b:
+            b = work[i]
+    return (a + b) / np.float32(2.0)
+
+
+@njit(cache=True, nogil=True)
+def cell_medians(img: np.ndarray, my: int, mx: int, sy: int, sx: int) -> np.ndarray:
+    """Median of every other pixel (rows and columns) of each sy x sx cell of a float32 image
+    (`detect._mesh_background`'s cells)."""
+    out = np.empty((my, mx), np.float32)
+    work = np.empty(((sy + 1) // 2) * ((sx + 1) // 2), np.float32)
+    for i in range(my):
+        for j in range(mx):
+            c = 0
+            for a in range(0, sy, 2):
+                for b in range(0, sx, 2):
+                    work[c] = img[i * sy + a, j * sx + b]
+                    c += 1
+            out[i, j] = _median32(work, c)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def brightest_near(
+    data: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row, column and value of the brightest pixel (NaN counts as lowest; the first of equals
+    in row-major order; off the frame as NaN) within half px of each (cx, cy)."""
+    n = len(cx)
+    ny, nx = data.shape
+    iy = np.empty(n, np.int64)
+    ix = np.empty(n, np.int64)
+    val = np.empty(n)
+    for i in range(n):
+        best, by, bx = -np.inf, 0, 0
+        first = True
+        for oy in range(-half, half + 1):
+            for ox in range(-half, half + 1):
+                gy, gx = cy[i] + oy, cx[i] + ox
+                v = np.nan
+                if 0 <= gy < ny and 0 <= gx < nx:
+                    v = data[gy, gx]
+                key = -np.inf if np.isnan(v) else float(v)
+                if first or key > best:
+                    best, by, bx, first = key, oy, ox, False
+        iy[i], ix[i] = cy[i] + by, cx[i] + bx
+        gy, gx = iy[i], ix[i]
+        val[i] = data[gy, gx] if 0 <= gy < ny and 0 <= gx < nx else np.nan
+    return iy, ix, val
