@@ -51,7 +51,8 @@ def _save(fig: Any, stem: Path) -> list[Path]:
     from tsphot.products.export import atomic_write
 
     atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", metadata=PNG_META))
-    atomic_write(pdf, lambda tmp: fig.savefig(tmp, format="pdf", metadata=PDF_META))
+    # (dpi: the resolution of the rasterized per-frame points inside the vector PDF)
+    atomic_write(pdf, lambda tmp: fig.savefig(tmp, format="pdf", metadata=PDF_META, dpi=200))
     plt.close(fig)
     return [png, pdf]
 
@@ -98,8 +99,10 @@ def lightcurve_plot(red: Any, curves: dict[str, Any], path: Path, n_comps: int =
     colors = {"target": ("C0", "k"), "check": ("C2", "C3")}
     for name, role, rel, err, v, t in entries:
         point_c, bin_c = colors.get(role, ("0.6", "C4"))
+        # one point per frame: rasterized in the PDF (thousands of vector markers would make
+        # it slow to write and to open), binned points and models stay vector
         ax.errorbar(x[v], rel[v] - offset, yerr=err[v], fmt=".", ms=3, alpha=0.35,
-                    color=point_c, lw=0.5)  # fmt: skip
+                    color=point_c, lw=0.5, rasterized=True)  # fmt: skip
         span = np.nanmax(x[v]) - np.nanmin(x[v]) if v.any() else 0
         tb, yb, eb = binned(x[v], rel[v], max(span / 25, 1e-3))
         rms = float(np.std(rel[v])) if v.sum() > 2 else float("nan")
@@ -161,13 +164,13 @@ def conditions_plot(
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 9), dpi=110, sharex=True)
     for ax, (label, y) in zip(axes, panels, strict=True):
         if y is None:
-            ax.plot(x, dx, ".-", ms=2, lw=0.5, label="x")
-            ax.plot(x, dy, ".-", ms=2, lw=0.5, label="y")
+            ax.plot(x, dx, ".-", ms=2, lw=0.5, label="x", rasterized=True)
+            ax.plot(x, dy, ".-", ms=2, lw=0.5, label="y", rasterized=True)
             ax.legend(fontsize=7, loc="best")
             y = np.concatenate([dx, dy])
             xs = np.concatenate([x, x])
         else:
-            ax.plot(x, y, ".-", ms=2, lw=0.5, color="C0")
+            ax.plot(x, y, ".-", ms=2, lw=0.5, color="C0", rasterized=True)
             xs = x
         ax.set_ylabel(label)
         finite = np.isfinite(y)
