@@ -228,14 +228,42 @@ def test_bic_selects_airmass_not_noise(ensemble):
 
 def test_bic_picks_nothing_without_a_trend():
     # Control: flat baseline. Measured: some term chosen in 1/40 seeds (time1, once).
+    # The terms are chosen before the profile scans, which cannot change them
+    # (test_terms_do_not_depend_on_the_profile_scans): the scans are skipped here.
     picked = []
     for seed in range(100, 100 + N_SEEDS):
         flux, err, noise = simulate(seed, c_airmass=0.0)
         res = fit.fit_transit(
-            T, flux, err, GUESS, regressors={"airmass": AIRMASS, "noise": noise}, exptime_s=60
+            T,
+            flux,
+            err,
+            GUESS,
+            regressors={"airmass": AIRMASS, "noise": noise},
+            exptime_s=60,
+            profile=False,
         )
         picked.append(bool(res.terms))
     assert np.mean(picked) <= 0.1
+
+
+@pytest.mark.parametrize("seed", [103, 125])
+def test_terms_do_not_depend_on_the_profile_scans(seed):
+    """profile=False selects the same terms with the same BIC history, and only skips the scans.
+
+    Seed 103 of the no-trend control widens rp's interval with the full model; in seed 125 BIC
+    chose time1."""
+    flux, err, noise = simulate(seed, c_airmass=0.0)
+    kw = {"regressors": {"airmass": AIRMASS, "noise": noise}, "exptime_s": 60}
+    full = fit.fit_transit(T, flux, err, GUESS, **kw)
+    quick = fit.fit_transit(T, flux, err, GUESS, profile=False, **kw)
+    assert quick.terms == full.terms and quick.selection == full.selection
+    assert quick.mask.tolist() == full.mask.tolist()
+    assert not any("better fit" in n for n in full.notes)  # so the optimum is the same too
+    assert quick.params == full.params and quick.chi2 == full.chi2
+    assert full.intervals and not quick.intervals and np.isnan(quick.detection_sigma)
+    # the quick fit's errors are the covariance's: Gaussian here, so near the profile's
+    assert quick.errors["t0"] == pytest.approx(full.errors["t0"], rel=0.2)
+    assert any("not computed" in n for n in quick.notes)
 
 
 def test_chi2_red_near_one_for_correct_errors(ensemble):
