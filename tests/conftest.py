@@ -32,7 +32,8 @@ def small_night(tmp_path_factory):
     cfg = synthetic.SimConfig(
         n_frames=30, size=(256, 256), n_stars=60, seed=7, exptime=120.0, cadence=360.0
     )
-    truth = synthetic.simulate_night(base / "night", cfg)
+    # two forked processes write the frames: the same files as one (test_synthetic), sooner
+    truth = synthetic.simulate_night(base / "night", cfg, workers=2)
     return base, truth
 
 
