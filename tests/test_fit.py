@@ -8,6 +8,7 @@ import batman
 import numpy as np
 import pytest
 
+from seedpool import map_seeds
 from tsphot import fit, timing
 
 # A HAT-P-32 b-like transit seen from Whipple Observatory on 2017-12-20 (the real night's
@@ -35,22 +36,23 @@ def simulate(seed: int, *, sigma: float = SIGMA, c_airmass: float = TRUE_C_AIRMA
     return flux, np.full(N, sigma), rng.normal(size=N)
 
 
+def _fit_seed(seed: int) -> fit.FitResult:
+    """One simulated night with airmass and a pure-noise regressor, fitted."""
+    flux, err, noise = simulate(seed)
+    return fit.fit_transit(
+        T,
+        flux,
+        err,
+        GUESS,
+        regressors={"airmass": AIRMASS, "noise": noise},
+        exptime_s=EXPTIME_S,
+    )
+
+
 @pytest.fixture(scope="module")
 def ensemble():
     """Fit N_SEEDS independent simulated nights with airmass and a pure-noise regressor."""
-    results = []
-    for seed in range(N_SEEDS):
-        flux, err, noise = simulate(seed)
-        res = fit.fit_transit(
-            T,
-            flux,
-            err,
-            GUESS,
-            regressors={"airmass": AIRMASS, "noise": noise},
-            exptime_s=EXPTIME_S,
-        )
-        results.append(res)
-    return results
+    return map_seeds(_fit_seed, range(N_SEEDS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,20 +232,22 @@ def test_bic_picks_nothing_without_a_trend():
     # Control: flat baseline. Measured: some term chosen in 1/40 seeds (time1, once).
     # The terms are chosen before the profile scans, which cannot change them
     # (test_terms_do_not_depend_on_the_profile_scans): the scans are skipped here.
-    picked = []
-    for seed in range(100, 100 + N_SEEDS):
-        flux, err, noise = simulate(seed, c_airmass=0.0)
-        res = fit.fit_transit(
-            T,
-            flux,
-            err,
-            GUESS,
-            regressors={"airmass": AIRMASS, "noise": noise},
-            exptime_s=60,
-            profile=False,
-        )
-        picked.append(bool(res.terms))
+    picked = map_seeds(_picks_a_term_without_a_trend, range(100, 100 + N_SEEDS))
     assert np.mean(picked) <= 0.1
+
+
+def _picks_a_term_without_a_trend(seed: int) -> bool:
+    flux, err, noise = simulate(seed, c_airmass=0.0)
+    res = fit.fit_transit(
+        T,
+        flux,
+        err,
+        GUESS,
+        regressors={"airmass": AIRMASS, "noise": noise},
+        exptime_s=60,
+        profile=False,
+    )
+    return bool(res.terms)
 
 
 @pytest.mark.parametrize("seed", [103, 125])
