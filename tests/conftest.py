@@ -12,16 +12,18 @@ OBSCODE = "TST01"  # the AAVSO's own example observer code
 # Modules that leave threads running for the rest of the process: schemathesis keeps one
 # event-loop thread for its ASGI calls until exit, dask.distributed its IO loop and offload
 # pool. With another thread alive, the process executor starts its workers by forkserver, not
-# fork (forking a threaded process can deadlock), and the figures are drawn one at a time:
-# a small run then takes ~11 s instead of ~6 s on 2 cores. So these modules run last.
-LEAVE_THREADS = ("tests/api/test_api_schema.py", "tests/test_executors.py")
+# fork (forking a threaded process can deadlock), so each run's workers import what they need
+# anew, and the figures are drawn one at a time. So these modules run last, in this order:
+# test_executors forks its own process pools before dask leaves its threads.
+LEAVE_THREADS = ("tests/test_executors.py", "tests/api/test_api_schema.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Move the modules that leave threads behind to the end of the session (order kept)."""
+    """Move the modules that leave threads behind to the end of the session, in that order."""
     late = [it for it in items if it.nodeid.split("::")[0] in LEAVE_THREADS]
     if late:
         ids = {id(it) for it in late}
+        late.sort(key=lambda it: LEAVE_THREADS.index(it.nodeid.split("::")[0]))  # stable
         items[:] = [it for it in items if id(it) not in ids] + late
 
 
