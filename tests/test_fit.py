@@ -374,6 +374,22 @@ def test_time_polynomial_terms_enter_in_order():
     assert res.t_ref == pytest.approx(T.mean())
 
 
+def test_collinear_regressors_fit_like_one():
+    # Two copies of one regressor make the baseline's design rank-deficient: the optimiser's
+    # QR projection falls back to the minimum-norm solve, so the fit is that with one copy.
+    flux, err, _ = simulate(4)
+    kw = {"baseline_order": 0, "select_terms": False, "exptime_s": 60}
+    one = fit.fit_transit(T, flux, err, GUESS, regressors={"airmass": AIRMASS}, **kw)
+    two = fit.fit_transit(
+        T, flux, err, GUESS, regressors={"airmass": AIRMASS, "twice": 2 * AIRMASS}, **kw
+    )
+    assert two.terms == ["airmass", "twice"]
+    assert two.chi2 == pytest.approx(one.chi2, rel=1e-9)
+    assert two.params["t0"] == pytest.approx(one.params["t0"], abs=1e-8)
+    assert two.params["rp"] == pytest.approx(one.params["rp"], rel=1e-6)
+    assert any("degenerate" in n for n in two.notes)
+
+
 def test_too_few_points():
     with pytest.raises(fit.FitError, match=r"usable points|points have finite"):
         fit.fit_transit(T[:4], np.ones(4), np.full(4, 0.01), GUESS, free=("t0", "rp", "a"))
