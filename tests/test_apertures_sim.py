@@ -41,7 +41,7 @@ def night(tmp_path_factory):
         n_hot_pixels=0,
         saturation_adu=SATURATION,
     )
-    truth = synthetic.simulate_night(base / "night", cfg)
+    truth = synthetic.simulate_night(base / "night", cfg, workers=2)
     return base, truth
 
 

@@ -53,7 +53,7 @@ def night(request, tmp_path_factory):
         sky_pattern_rms=PATTERN_RMS if request.param == "pattern" else 0.0,
         sky_pattern_scale=2.0,
     )
-    truth = synthetic.simulate_night(base / "night", cfg)
+    truth = synthetic.simulate_night(base / "night", cfg, workers=2)
     settings = demo.settings_for(
         base / "night", base / "out", truth, quiet=True, executor="serial", sky_apertures=N_SKY
     )

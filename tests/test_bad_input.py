@@ -19,7 +19,7 @@ N = 24
 def night(tmp_path_factory):
     base = tmp_path_factory.mktemp("bad")
     cfg = synthetic.SimConfig(n_frames=N, size=(256, 256), n_stars=60, seed=5, cloud_frame=7)
-    truth = synthetic.simulate_night(base / "night", cfg)
+    truth = synthetic.simulate_night(base / "night", cfg, workers=2)
     raw = base / "night" / "raw"
     # a frame of another size, a text file posing as FITS, and a file that does not exist
     hdr = fits.getheader(raw / "sci_0003.fits")

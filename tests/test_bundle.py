@@ -183,7 +183,8 @@ def test_bundle_command_and_bad_bundles(small_run, tmp_path, capsys):
 
 
 def test_executors_give_bit_identical_tables(small_run, small_night, tmp_path):
-    """The process pool and the serial executor write the same bytes."""
+    """The process pool and the serial executor write the same bytes (tables and figures: with
+    the pool the figures are drawn in forked processes)."""
     from tsphot import demo, pipeline
 
     run_dir, _ = small_run
@@ -192,5 +193,7 @@ def test_executors_give_bit_identical_tables(small_run, small_night, tmp_path):
         base / "night", tmp_path / "p", truth, quiet=True, executor="processes", workers=2
     )
     pipeline.run(settings)
-    for name in ("results.ecsv", "lightcurve_T1.ecsv", "lightcurve_CHK.ecsv"):
+    figures = [f"{n}.{ext}" for n in ("lightcurve", "conditions", "finder", "noise_budget")
+               for ext in ("png", "pdf")]  # fmt: skip
+    for name in ("results.ecsv", "lightcurve_T1.ecsv", "lightcurve_CHK.ecsv", *figures):
         assert (tmp_path / "p" / name).read_bytes() == (run_dir / name).read_bytes(), name

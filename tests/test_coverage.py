@@ -35,7 +35,7 @@ def fits(tmp_path_factory):
             target_mag=12.5,
             transit_depth=0.008,
         )
-        truth = synthetic.simulate_night(base / "night", cfg)
+        truth = synthetic.simulate_night(base / "night", cfg, workers=2)
         pipeline.run(demo.settings_for(base / "night", base / "out", truth, quiet=True))
         rows.append(demo.compare_with_truth(truth, base / "out"))
     return rows

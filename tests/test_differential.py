@@ -22,7 +22,7 @@ def run(tmp_path_factory):
         clouds=False,
         transit_duration_h=1.2,
     )
-    truth = synthetic.simulate_night(base / "night", cfg)
+    truth = synthetic.simulate_night(base / "night", cfg, workers=2)
     stars = truth.stars
     roles = truth.meta["roles"]
     comps = [i for i in roles["comparisons"] if i != roles["variable_comp"]][:5]

@@ -24,7 +24,7 @@ def night(request, tmp_path_factory):
         rotation_deg=0.5,
         meridian_flip=request.param == "flip",
     )
-    truth = synthetic.simulate_night(base / "night", cfg)
+    truth = synthetic.simulate_night(base / "night", cfg, workers=2)
     settings = demo.settings_for(base / "night", base / "out", truth, quiet=True)
     summary = pipeline.run(settings)
     return truth, summary, demo.compare_with_truth(truth, base / "out")

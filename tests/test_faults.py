@@ -59,7 +59,7 @@ def _later(raw, k, seconds):
 def nights(tmp_path_factory):
     base = tmp_path_factory.mktemp("faults")
     cfg = synthetic.SimConfig(n_frames=N, size=(256, 256), n_stars=60, seed=8)
-    truth = synthetic.simulate_night(base / "clean", cfg)
+    truth = synthetic.simulate_night(base / "clean", cfg, workers=2)
     shutil.copytree(base / "clean", base / "bad")
     raw = base / "bad" / "raw"
     s = make_settings(base / "clean" / "tsphot.toml", out=str(base / "plan"), quiet=True)

@@ -131,7 +131,7 @@ def field_night(tmp_path_factory):
         field_var_mag=(9.5, 14.5),
         seed=4,
     )
-    truth = synthetic.simulate_night(base / "night", cfg)
+    truth = synthetic.simulate_night(base / "night", cfg, workers=2)
     settings = demo.settings_for(base / "night", base / "out", truth, quiet=True)
     settings = settings.model_copy(update={"all_stars": True})
     summary = pipeline.run(settings)

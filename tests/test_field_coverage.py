@@ -99,7 +99,7 @@ def _read_curves(out: Path) -> Table:
 
 def field_seed(base: Path, seed: int) -> list[Star]:
     """Simulate, reduce with --all-stars and set every measured star against the truth."""
-    truth = synthetic.simulate_night(base / f"night{seed}", field_config(seed))
+    truth = synthetic.simulate_night(base / f"night{seed}", field_config(seed), workers=2)
     out = base / f"out{seed}"
     settings = demo.settings_for(base / f"night{seed}", out, truth, quiet=True)
     pipeline.run(settings.model_copy(update={"all_stars": True}))

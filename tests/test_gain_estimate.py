@@ -17,7 +17,7 @@ def run(tmp_path_factory):
     cfg = synthetic.SimConfig(
         n_frames=150, size=(512, 512), n_stars=160, seed=11, gain=2.3, sky_zenith=5.0
     )
-    truth = synthetic.simulate_night(base / "night", cfg)
+    truth = synthetic.simulate_night(base / "night", cfg, workers=2)
     for path in sorted((base / "night" / "raw").glob("sci_*.fits")):
         with fits.open(path, mode="update") as hdul:
             for key in ("GAIN", "EGAIN"):

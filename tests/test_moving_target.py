@@ -41,7 +41,7 @@ def test_moving_target_syntax():
 def night(tmp_path_factory):
     base = tmp_path_factory.mktemp("asteroid")
     cfg = synthetic.SimConfig(n_frames=N_FRAMES, size=(256, 256), n_stars=60, seed=7, asteroid=True)
-    truth = synthetic.simulate_night(base / "night", cfg)
+    truth = synthetic.simulate_night(base / "night", cfg, workers=2)
     return base, truth
 
 

@@ -159,7 +159,7 @@ N = 40
 def night(tmp_path_factory):
     base = tmp_path_factory.mktemp("resume")
     cfg = synthetic.SimConfig(n_frames=N, size=(256, 256), n_stars=60, seed=11)
-    truth = synthetic.simulate_night(base / "night", cfg)
+    truth = synthetic.simulate_night(base / "night", cfg, workers=2)
     return base, truth
 
 

@@ -816,11 +816,23 @@ def _refine_trapezoid(s: Series, res: PeriodResult, step_f: float) -> None:
     onehot[np.arange(len(s.t)), s.night] = 1.0
     iw = 1.0 / s.err
 
+    # The zero points are partialled out in closed form (Frisch-Waugh-Lovell): with each
+    # night's weighted mean taken from the magnitudes and from the shape, the depth is a
+    # one-column weighted regression. The residuals equal those of the least-squares fit of
+    # [zero points, depth] (unique even where the shape is constant within every night), at a
+    # fraction of the cost of a full solve per evaluation (the profile walk makes thousands).
+    w = iw**2
+    wk = np.bincount(s.night, w, k_n)
+    wk = np.where(wk > 0, wk, 1.0)
+    mc = s.mag - (np.bincount(s.night, w * s.mag, k_n) / wk)[s.night]
+
     def resid(q: np.ndarray) -> np.ndarray:
         h = trapezoid_shape(s.t, q[0], q[1], q[2], q[3])
-        x = np.hstack([onehot, h[:, None]])
-        coef = np.linalg.lstsq(x * iw[:, None], s.mag * iw, rcond=None)[0]
-        return (s.mag - x @ coef) * iw
+        hc = h - (np.bincount(s.night, w * h, k_n) / wk)[s.night]
+        whc = w * hc
+        den = float(whc @ hc)
+        depth = float(whc @ mc) / den if den > 1e-12 * float(w @ (h * h)) else 0.0
+        return (mc - depth * hc) * iw
 
     def resid_at(v: np.ndarray, period: float) -> np.ndarray:
         return resid(np.concatenate([[period], v]))

@@ -30,6 +30,7 @@ import io
 import json
 import math
 import multiprocessing as mp
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -540,9 +541,13 @@ def _science_frame_forked(k: int) -> tuple[np.ndarray, np.ndarray, list]:
 
 
 def _run_frames(ctx: _FrameContext, n: int, workers: int) -> list:
-    """All science frames, serially or in forked worker processes (identical results)."""
+    """All science frames, serially or in forked worker processes (identical results).
+
+    Serially as well when the parent runs other threads: forking a threaded process can
+    deadlock (a lock held by another thread stays held in the child)."""
     global _CTX
-    if workers <= 1 or n < 2 or "fork" not in mp.get_all_start_methods():
+    forkable = "fork" in mp.get_all_start_methods() and threading.active_count() == 1
+    if workers <= 1 or n < 2 or not forkable:
         return [_science_frame(ctx, k) for k in range(n)]
     _CTX = ctx
     try:
