@@ -74,6 +74,14 @@ class Masters:
             cache[key] = (self.dark_rate, self.dark_rate * np.float32(exptime))
         return cache[key][1]
 
+    @property
+    def any_bad(self) -> bool:
+        """True when a bad-pixel mask is present and flags at least one pixel (kept)."""
+        cache = self.__dict__.setdefault("_any_bad", {})
+        if cache.get("of") is not self.bad:
+            cache.update(of=self.bad, value=self.bad is not None and bool(self.bad.any()))
+        return cache["value"]
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The master arrays present, by name (for an .npz file)."""
         names = ("bias", "dark_rate", "flat", "bad")

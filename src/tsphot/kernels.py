@@ -108,7 +108,14 @@ def ring_values(
         if rmax > 0 and np.isfinite(x[i]) and np.isfinite(y[i]):
             for j in range(len(mask_x)):
                 d = np.hypot(mask_x[j] - x[i], mask_y[j] - y[i])
-                if d > 1.5 and d <= r_out + rmax:
+                # a disc reaching no pixel between r_in and r_out of the star changes nothing
+                # (one wholly inside the hole, or beyond the ring): not drawn
+                if (
+                    d > 1.5
+                    and d <= r_out + rmax
+                    and d - mask_r[j] <= r_out + 1e-6
+                    and d + mask_r[j] >= r_in - 1e-6
+                ):
                     near[n_near] = j
                     n_near += 1
         # each masking star's disc drawn once on the box (not tested at every ring pixel)

@@ -207,6 +207,7 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
         )
         raw = calibrate.trim(raw, info.sections)  # the raw peak, over the same pixels
         finite = measure.all_finite(data)  # (once per frame: each check reads every pixel)
+        bad = masters.bad if masters.any_bad else None  # (a mask of zeros flags nothing)
         if plan.save_calibrated:
             name = Path(info.path).name.split(".fit")[0] + "_cal.fits"
             calibrate.write_calibrated(
@@ -255,7 +256,7 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
             saturation=plan.saturation,
             fwhm=res.fwhm,
             clean_cosmics=plan.clean_cosmics,
-            bad_mask=masters.bad,
+            bad_mask=bad,
             sky_method=plan.sky_method,
             mask_xy=mask_xy,
             mask_radius=mask_r,
@@ -282,9 +283,7 @@ def measure_frame(info: FrameInfo, plan: Plan) -> FrameResult:
             cols.update(_measure_field(data, raw, tr, plan, mask_xy, mask_r))
         if plan.sky_xy is not None and len(plan.sky_xy):
             cols.update(
-                _measure_sky(
-                    data, raw, tr, plan, aps, res.fwhm, masters.bad, mask_xy, mask_r, finite
-                )
+                _measure_sky(data, raw, tr, plan, aps, res.fwhm, bad, mask_xy, mask_r, finite)
             )
     except (FrameError, InputError) as exc:
         res.status = "unregistered" if "register" in str(exc) else "bad_frame"
