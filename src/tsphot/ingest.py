@@ -637,6 +637,11 @@ def plain_image(blob: bytes) -> np.ndarray | None:
     count = nx * ny
     if nx <= 0 or ny <= 0 or offset + count * abs(bitpix) // 8 > len(blob):
         return None  # truncated: astropy says so in its own words
+    if bitpix == 16:  # (most cameras) swapped, converted and offset in one compiled pass
+        from tsphot import kernels
+
+        words = np.frombuffer(blob, np.uint16, count=count, offset=offset)
+        return kernels.int16be_to_float32(words, bzero).reshape(ny, nx)
     data = np.frombuffer(blob, _PLAIN_DTYPES[bitpix], count=count, offset=offset)
     out = data.astype(np.float32).reshape(ny, nx)
     if bzero:
