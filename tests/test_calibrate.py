@@ -397,3 +397,14 @@ def test_lacosmic_removes_true_cosmic_rays(sim):
             continue  # at the edge
         a, b = plain[inside].sum(), clean[inside].sum()
         assert abs(b - a) < 0.002 * r["flux_e"] / cfg.gain + 5 * 100
+
+
+def test_masters_any_bad_follows_the_mask():
+    # measuring skips the per-star bad-pixel lookup when the mask flags nothing
+    m = calibrate.Masters()
+    assert m.any_bad is False
+    m.bad = np.zeros((4, 5), np.uint8)
+    assert m.any_bad is False
+    m.bad = m.bad.copy()
+    m.bad[2, 3] = 1
+    assert m.any_bad is True

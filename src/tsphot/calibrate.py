@@ -78,7 +78,7 @@ class Masters:
     def any_bad(self) -> bool:
         """True when a bad-pixel mask is present and flags at least one pixel (kept)."""
         cache = self.__dict__.setdefault("_any_bad", {})
-        if cache.get("of") is not self.bad:
+        if "value" not in cache or cache["of"] is not self.bad:
             cache.update(of=self.bad, value=self.bad is not None and bool(self.bad.any()))
         return cache["value"]
 
