@@ -58,7 +58,7 @@ from tsphot import ingest
 a = json.loads(sys.stdin.read())
 t, c = time.perf_counter(), time.process_time()
 for p in a["frames"]:
-    ingest.read_pixels(p)  # float32 ADU, as the pipeline reads them
+    ingest.read_pixels(p)  # float32 ADU through astropy.io.fits, as a script reads them
 print(json.dumps({"total_s": time.perf_counter() - t, "cpu_s": time.process_time() - c}))
 """
 
@@ -105,11 +105,18 @@ KINDS = ("bias", "dark", "flat")
 FLOOR_NIGHT = {"n_frames": 180, "size": (1024, 1024), "n_stars": 300, "seed": 3}
 
 
+# One core means one thread too: numpy's BLAS (the fits' least squares) would otherwise use
+# both cores for a moment and CPU time would count them twice.
+ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                               "NUMBA_NUM_THREADS")}  # fmt: skip
+
+
 def child(code: str, args: dict) -> dict:
     """Run one measurement in a fresh Python process; its JSON result."""
     res = subprocess.run(
-        [sys.executable, "-c", code], input=json.dumps(args), capture_output=True, text=True
-    )
+        [sys.executable, "-c", code], input=json.dumps(args), capture_output=True, text=True,
+        env={**os.environ, **ONE_THREAD},
+    )  # fmt: skip
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
