@@ -193,24 +193,6 @@ def disc_max(
     return out
 
 
-def warm() -> None:
-    """Compile (or load from numba's cache) every kernel for the pixel types tsphot measures."""
-    x = np.array([8.0, 30.0])
-    i = np.array([8, 30], np.int64)
-    none = np.zeros(0)
-    for dtype in (np.float32, np.float64):
-        img = np.ones((40, 40), dtype)
-        vals, count, _ = ring_values(img, x, x, i, i, 3.0, 6.0, none, none, none)
-        clip_sorted(np.sort(vals, axis=1), count, 3.0, 5)
-        disc_max(img, x, x, i, i, 3.0)
-    disc_max(np.zeros((40, 40), np.uint8), x, x, i, i, 3.0)
-    img = np.ones((40, 40), np.float32)
-    cell_medians(bin_mean(img, 4), 2, 2, 5, 5)
-    brightest_near(img, i, i, 3)
-    int16be_to_float32(np.zeros(4, np.uint16), 32768.0)
-    centroids(img, x, x, i, i, 5, 11, 2.5, 3.0, False, 5.5, 9)
-
-
 @njit(cache=True, nogil=True)
 def _select(a: np.ndarray, n: int, kth: int) -> float:
     """The kth smallest of a[:n] (Wirth's selection; a[:n] is reordered around it)."""
@@ -603,3 +585,21 @@ def int16be_to_float32(raw: np.ndarray, bzero: float) -> np.ndarray:
             v -= 65536
         out[k] = np.float32(v) + z
     return out
+
+
+def warm() -> None:
+    """Compile (or load from numba's cache) every kernel for the pixel types tsphot measures."""
+    x = np.array([8.0, 30.0])
+    i = np.array([8, 30], np.int64)
+    none = np.zeros(0)
+    for dtype in (np.float32, np.float64):
+        img = np.ones((40, 40), dtype)
+        vals, count, _ = ring_values(img, x, x, i, i, 3.0, 6.0, none, none, none)
+        clip_sorted(np.sort(vals, axis=1), count, 3.0, 5)
+        disc_max(img, x, x, i, i, 3.0)
+    disc_max(np.zeros((40, 40), np.uint8), x, x, i, i, 3.0)
+    img = np.ones((40, 40), np.float32)
+    cell_medians(bin_mean(img, 4), 2, 2, 5, 5)
+    brightest_near(img, i, i, 3)
+    int16be_to_float32(np.zeros(4, np.uint16), 32768.0)
+    centroids(img, x, x, i, i, 5, 11, 2.5, 3.0, False, 5.5, 9)
