@@ -128,6 +128,21 @@ def recentre(
     xc, yc, found, snr = kernels.centroids(
         data, x0, y0, ix, iy, half, pad, rw, fw, method == "windowed", window + 3.0, hb
     )
+    return _accept(xc, yc, x0, y0, found, snr, min_snr, max_shift)
+
+
+def _accept(
+    xc: np.ndarray,
+    yc: np.ndarray,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    found: np.ndarray,
+    snr: np.ndarray,
+    min_snr: float,
+    max_shift: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The centres kept (found, finite, bright enough and near the prediction), else the
+    predictions; and which were kept."""
     with np.errstate(invalid="ignore"):
         moved = (
             found
@@ -256,16 +271,7 @@ def recentre_reference(
     # Signal-to-noise of the star in its window decides whether to trust the centre at all.
     snr = _window_snr(win, cx, cy, gx, gy, rw, noise)
     cx, cy = cx + ox0, cy + oy0
-    xc = ix - pad + cx
-    yc = iy - pad + cy
-    moved = (
-        found
-        & np.isfinite(xc)
-        & np.isfinite(yc)
-        & (snr >= min_snr)
-        & (np.hypot(xc - x0, yc - y0) <= max_shift)
-    )
-    return np.where(moved, xc, x0), np.where(moved, yc, y0), moved
+    return _accept(ix - pad + cx, iy - pad + cy, x0, y0, found, snr, min_snr, max_shift)
 
 
 def _window_snr(
