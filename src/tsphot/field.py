@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from tsphot import ensemble, noise
+from tsphot import ensemble, measure, noise
 
 MAG_ZERO_POINT = 25.0
 
@@ -118,11 +118,9 @@ def sky_ring(
     if ring.sum() > MAX_SKY_PIXELS:  # a checkerboard over the whole annulus: half the cost
         ring &= (ox + oy) % 2 == 0
     dy, dx = oy[ring], ox[ring]
-    ny, nx = data.shape
     pad = half + 1
     padded = np.pad(np.asarray(data, float), pad, constant_values=np.nan)
-    ix = np.clip(np.round(np.nan_to_num(x)).astype(int), -1, nx)
-    iy = np.clip(np.round(np.nan_to_num(y)).astype(int), -1, ny)
+    ix, iy = measure.nearest_pixel(x, y, data.shape)
     vals = padded[iy[:, None] + dy[None, :] + pad, ix[:, None] + dx[None, :] + pad]
     _mask_neighbours(vals, x, y, ix, iy, dx, dy, r_out, mask_xy, mask_radius)
     srt = np.sort(np.where(np.isfinite(vals), vals, np.inf), axis=1)
@@ -243,7 +241,6 @@ def photometry(
     mask = None if finite.all() else ~finite
     if mask is not None:
         img = np.where(finite, img, 0.0)
-    ny, nx = img.shape
     flux = np.full((n, nr), np.nan)
     err = np.full((n, nr), np.nan)
     theta = np.radians(ap.theta_deg)
@@ -262,8 +259,7 @@ def photometry(
         err[:, k] = np.sqrt(var)
     src = raw if raw is not None else data
     half = int(np.ceil(max(ap.radii)))
-    ix = np.clip(np.round(np.nan_to_num(x)).astype(int), -1, nx)
-    iy = np.clip(np.round(np.nan_to_num(y)).astype(int), -1, ny)
+    ix, iy = measure.nearest_pixel(x, y, data.shape)
     off = np.arange(-half, half + 1, dtype=float)
     r2 = ((ix - x)[:, None, None] + off[None, None, :]) ** 2 + (
         (iy - y)[:, None, None] + off[None, :, None]

@@ -80,6 +80,26 @@ def _cutouts(data: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.
     return out
 
 
+def nearest_pixel(
+    x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Column and row of the pixel nearest each position; -1 or the size for positions beyond
+    the frame (and 0 for NaN), so that cutouts around them read as off the frame."""
+    ny, nx = shape[:2]
+    ix = np.clip(np.round(np.nan_to_num(x)).astype(np.int64), -1, nx)
+    iy = np.clip(np.round(np.nan_to_num(y)).astype(np.int64), -1, ny)
+    return ix, iy
+
+
+def _centroid_geometry(box: int, fwhm: float | None) -> tuple[float, float, int, int]:
+    """FWHM used (px; 3 if unknown), centroid window radius, half box, and cutout half size
+    (room for the mirror images of near neighbours)."""
+    fw = float(fwhm) if fwhm is not None and np.isfinite(fwhm) and fwhm > 0 else 3.0
+    rw = max(1.5 * fw, 2.5)
+    half = max(box // 2, 1)
+    return fw, rw, half, half + 3 * int(np.ceil(rw))
+
+
 CENTROID_METHODS = ("com", "gauss", "windowed")
 
 
@@ -115,13 +135,8 @@ def recentre(
     y0 = np.ascontiguousarray(y, float)
     if len(x0) == 0:
         return x0.copy(), y0.copy(), np.zeros(0, bool)
-    fw = float(fwhm) if fwhm is not None and np.isfinite(fwhm) and fwhm > 0 else 3.0
-    rw = max(1.5 * fw, 2.5)
-    half = max(box // 2, 1)
-    pad = half + 3 * int(np.ceil(rw))  # room for the mirror images of near neighbours
-    ny, nx = data.shape
-    ix = np.clip(np.round(np.nan_to_num(x0)).astype(np.int64), -1, nx)
-    iy = np.clip(np.round(np.nan_to_num(y0)).astype(np.int64), -1, ny)
+    fw, rw, half, pad = _centroid_geometry(box, fwhm)
+    ix, iy = nearest_pixel(x0, y0, data.shape)
     # the centroid window (1.5 FWHM; 4 sigma for "windowed") around a centre up to 3 px away
     window = max(rw, 4.0 * fw / 2.3548) if method == "windowed" else rw
     hb = min(int(np.ceil(max(rw, 4.0 * fw / 2.3548))) + 4, pad - half)
@@ -185,14 +200,9 @@ def recentre_reference(
     n = len(x0)
     if n == 0:
         return x0.copy(), y0.copy(), np.zeros(0, bool)
-    fw = float(fwhm) if fwhm is not None and np.isfinite(fwhm) and fwhm > 0 else 3.0
-    rw = max(1.5 * fw, 2.5)
-    half = max(box // 2, 1)
-    pad = half + 3 * int(np.ceil(rw))  # room for the mirror images of near neighbours
-    ny, nx = data.shape
+    fw, rw, half, pad = _centroid_geometry(box, fwhm)
     alive = np.isfinite(x0) & np.isfinite(y0)
-    ix = np.clip(np.round(np.nan_to_num(x0)).astype(int), -1, nx)
-    iy = np.clip(np.round(np.nan_to_num(y0)).astype(int), -1, ny)
+    ix, iy = nearest_pixel(x0, y0, data.shape)
     cut = _cutouts(data, ix, iy, pad)
     off = np.arange(-pad, pad + 1, dtype=float)
     # Background and noise from the box's border ring: a median is robust to a neighbour there.
@@ -478,9 +488,7 @@ def annulus_stats(
     """
     x = np.ascontiguousarray(x, float)
     y = np.ascontiguousarray(y, float)
-    ny, nx = data.shape
-    ix = np.clip(np.round(np.nan_to_num(x)).astype(np.int64), -1, nx)
-    iy = np.clip(np.round(np.nan_to_num(y)).astype(np.int64), -1, ny)
+    ix, iy = nearest_pixel(x, y, data.shape)
     mxy = np.asarray(mask_xy if mask_xy is not None else np.empty((0, 2)), float).reshape(-1, 2)
     mrad = np.ascontiguousarray(np.broadcast_to(np.asarray(mask_radius, float), (len(mxy),)))
     from tsphot import kernels  # (numba: imported when first measuring, not with the CLI)
@@ -522,8 +530,7 @@ def annulus_stats_reference(
         return {"median": e, "mean": e, "mode": e, "std": e, "count": z, "masked": z}
     half = int(np.ceil(r_out)) + 1
     ny, nx = data.shape
-    ix = np.clip(np.round(np.nan_to_num(x)).astype(int), -1, nx)
-    iy = np.clip(np.round(np.nan_to_num(y)).astype(int), -1, ny)
+    ix, iy = nearest_pixel(x, y, data.shape)
     # Only the box's pixels that can fall in a ring: within the largest distance of a star from
     # its pixel (0.71 px, more for stars off the frame) of the ring around that pixel
     oy, ox = np.mgrid[-half : half + 1, -half : half + 1]
@@ -653,8 +660,7 @@ def clean_cosmic_rays(
         return data, counts
     half = int(np.ceil(radius)) + 4
     ny, nx = data.shape
-    ix = np.clip(np.round(np.nan_to_num(x)).astype(int), -1, nx)
-    iy = np.clip(np.round(np.nan_to_num(y)).astype(int), -1, ny)
+    ix, iy = nearest_pixel(x, y, data.shape)
     cut = _cutouts(data, ix, iy, half)
     fill = np.where(np.isfinite(cut), cut, np.nanmedian(cut, axis=(1, 2), keepdims=True))
     med3 = median_filter(fill, size=(1, 3, 3), mode="nearest")
@@ -810,9 +816,7 @@ def _peak(data: np.ndarray, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarra
     """Largest pixel value inside radius r of each position (NaN off the frame)."""
     x = np.ascontiguousarray(x, float)
     y = np.ascontiguousarray(y, float)
-    ny, nx = data.shape
-    ix = np.clip(np.round(np.nan_to_num(x)).astype(np.int64), -1, nx)
-    iy = np.clip(np.round(np.nan_to_num(y)).astype(np.int64), -1, ny)
+    ix, iy = nearest_pixel(x, y, data.shape)
     from tsphot import kernels
 
     if data.dtype == bool:  # (a mask: its pixels as 0 and 1)
@@ -827,9 +831,7 @@ def peak_reference(data: np.ndarray, x: np.ndarray, y: np.ndarray, r: float) -> 
     if len(x) == 0:
         return np.empty(0)
     half = int(np.ceil(r))
-    ny, nx = data.shape
-    ix = np.clip(np.round(np.nan_to_num(x)).astype(int), -1, nx)
-    iy = np.clip(np.round(np.nan_to_num(y)).astype(int), -1, ny)
+    ix, iy = nearest_pixel(x, y, data.shape)
     cut = _cutouts(data, ix, iy, half)
     off = np.arange(-half, half + 1, dtype=float)
     r2 = ((ix - x)[:, None, None] + off[None, None, :]) ** 2 + (
