@@ -32,12 +32,32 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def can_fork() -> bool:
+    """True where fork exists and this process runs no other thread (forking a threaded
+    process can deadlock: a lock another thread holds stays held in the child)."""
+    return "fork" in mp.get_all_start_methods() and threading.active_count() == 1
+
+
+def forked_map(
+    fn: Callable[[T], R], items: Iterable[T], workers: int, chunksize: int = 1
+) -> list[R]:
+    """[fn(x) for x in items] (the same results in the same order), shared by up to `workers`
+    forked processes when forking is safe, else one after the other. Forked children see the
+    parent's objects without pickling them; fn must be a module-level function."""
+    items = list(items)
+    if workers <= 1 or len(items) < 2 or not can_fork():
+        return [fn(x) for x in items]
+    ctx = mp.get_context("fork")
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx) as pool:
+        return list(pool.map(fn, items, chunksize=chunksize))
+
+
 def _start_method() -> str:
     """fork when the parent has one thread (fast, and no re-import of the user's script);
     otherwise forkserver, since forking a threaded process can deadlock."""
-    methods = mp.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
+    if can_fork():
         return "fork"
+    methods = mp.get_all_start_methods()
     return "forkserver" if "forkserver" in methods else "spawn"
 
 

@@ -13,10 +13,7 @@ PDFs carry no creation date, so the same run gives the same files.
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -408,11 +405,8 @@ def _render(jobs: list[tuple[Callable[..., list[Path]], tuple]], workers: int) -
     where fork does not exist) they are drawn one after the other, as with one worker.
     """
     global _JOBS
-    if workers <= 1 or "fork" not in mp.get_all_start_methods() or threading.active_count() > 1:
-        return [fn(*args) for fn, args in jobs]
     _JOBS = jobs
     try:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            return list(pool.map(_render_forked, range(len(jobs))))
+        return executors.forked_map(_render_forked, range(len(jobs)), workers)
     finally:
         _JOBS = []

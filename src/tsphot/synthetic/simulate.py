@@ -29,9 +29,6 @@ import dataclasses
 import io
 import json
 import math
-import multiprocessing as mp
-import threading
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +40,8 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
 from astropy.wcs import WCS
+
+from tsphot import executors
 
 from .config import SimConfig
 from .psf import render_stamps, stamp_halfwidth
@@ -546,13 +545,9 @@ def _run_frames(ctx: _FrameContext, n: int, workers: int) -> list:
     Serially as well when the parent runs other threads: forking a threaded process can
     deadlock (a lock held by another thread stays held in the child)."""
     global _CTX
-    forkable = "fork" in mp.get_all_start_methods() and threading.active_count() == 1
-    if workers <= 1 or n < 2 or not forkable:
-        return [_science_frame(ctx, k) for k in range(n)]
     _CTX = ctx
     try:
-        with ProcessPoolExecutor(min(workers, n), mp_context=mp.get_context("fork")) as pool:
-            return list(pool.map(_science_frame_forked, range(n), chunksize=4))
+        return executors.forked_map(_science_frame_forked, range(n), workers, chunksize=4)
     finally:
         _CTX = None
 
